@@ -1,0 +1,38 @@
+# The two commands of the README: `make demo` (the smoke sweep, ending in figures) and
+# `make test` (the whole test suite). Each creates .venv in the clone on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: demo test lint format venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+demo: $(STAMP)
+	$(PY) sweeps/launch.py smoke --storage $(CURDIR)/ray_results --data-root $(CURDIR)/data
+	$(PY) analysis/aggregate.py --tracking-uri sqlite:///$(CURDIR)/ray_results/mlflow.db --out results
+	$(PY) analysis/figures.py --results results --out figures --report
+	@echo "figures: $(CURDIR)/figures   summary: $(CURDIR)/figures/summary.md"
+	@echo "MLflow runs: $(PY) -m mlflow ui --backend-store-uri sqlite:///$(CURDIR)/ray_results/mlflow.db"
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf results figures ray_results

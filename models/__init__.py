@@ -1,0 +1,25 @@
+"""ResNets whose stages run block schedules: ordinary, ICR and PCR blocks."""
+
+from models.resnet import (
+    BLOCK_TYPES,
+    ResidualBlock,
+    ResNet,
+    ResNetConfig,
+    Stage,
+    build_model,
+    converge_power_iteration,
+    normalised_blocks,
+    parameter_count,
+)
+
+__all__ = [
+    "BLOCK_TYPES",
+    "ResNet",
+    "ResNetConfig",
+    "ResidualBlock",
+    "Stage",
+    "build_model",
+    "converge_power_iteration",
+    "normalised_blocks",
+    "parameter_count",
+]

@@ -1,0 +1,336 @@
+"""Pre-activation ResNet with schedulable stages, ordinary / ICR / PCR blocks (DESIGN 2, 4)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.spectral import SpectralBound, batchnorm_scale
+
+BLOCK_TYPES = ("ordinary", "icr", "pcr")
+NUM_STAGES = 3
+
+
+@dataclass(frozen=True)
+class ResNetConfig:
+    """Architecture of one ResNet; every perturbation is a schedule, not a new config."""
+
+    in_channels: int = 3  # input image channels
+    num_classes: int = 10  # outputs of the linear read-out
+    width: int = 16  # channels of the first stage; stages use width, 2*width, 4*width
+    blocks_per_stage: int = 16  # N residual blocks in each of the three stages
+    block: str = "ordinary"  # "ordinary" z+f(z), "icr" z+f~(z), "pcr" x+f~(z)
+    mu: float = 0.95  # Lipschitz cap of f~ for ICR and PCR blocks
+    recurrent_init: bool = False  # every block of a stage starts as a copy of block 0
+    bn_gamma_init: float = 1.0  # initial BN gamma inside the blocks (paper S4a: 0.1)
+    image_size: int = 32  # input height = width in pixels
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first field whose value is not allowed."""
+        positive = ("in_channels", "num_classes", "width", "blocks_per_stage", "image_size")
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ResNetConfig.{name}={value!r}: must be an integer >= 1")
+        if self.num_classes < 2:
+            raise ValueError(f"ResNetConfig.num_classes={self.num_classes!r}: must be >= 2")
+        if self.block not in BLOCK_TYPES:
+            raise ValueError(f"ResNetConfig.block={self.block!r}: allowed are {BLOCK_TYPES}")
+        if not (isinstance(self.mu, int | float) and 0 < self.mu <= 1):
+            raise ValueError(f"ResNetConfig.mu={self.mu!r}: must be a number in (0, 1]")
+        if not isinstance(self.recurrent_init, bool):
+            raise ValueError(
+                f"ResNetConfig.recurrent_init={self.recurrent_init!r}: must be True or False"
+            )
+        if not (isinstance(self.bn_gamma_init, int | float) and self.bn_gamma_init > 0):
+            raise ValueError(f"ResNetConfig.bn_gamma_init={self.bn_gamma_init!r}: must be > 0")
+        if self.image_size % 4 != 0:
+            raise ValueError(
+                f"ResNetConfig.image_size={self.image_size!r}: must be divisible by 4 "
+                "(two stride-2 transitions)"
+            )
+
+
+def _conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+
+
+class ResidualBlock(nn.Module):
+    """One residual block; `spectral` makes f spectrally normalised, `proper` makes it PCR."""
+
+    def __init__(
+        self,
+        channels: int,
+        spatial_size: int,
+        normalised: bool = False,
+        proper: bool = False,
+        mu: float = 0.95,
+    ) -> None:
+        super().__init__()
+        if proper and not normalised:
+            raise ValueError("a PCR block (proper=True) must be spectrally normalised")
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv1 = _conv3x3(channels, channels)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.conv2 = _conv3x3(channels, channels)
+        self.proper = proper
+        self.mu = mu
+        self.spectral = SpectralBound(channels, spatial_size) if normalised else None
+
+    def residual(self, z: torch.Tensor) -> torch.Tensor:
+        """Return f(z), or f~(z) = f(z) / max(L^/mu, 1) for a normalised block."""
+        h1 = self.bn1(z)
+        h = self.conv1(F.relu(h1))
+        h2 = self.bn2(h)
+        f = self.conv2(F.relu(h2))
+        if self.spectral is None:
+            return f
+        return f / self._correction(z, h)
+
+    def _correction(self, z: torch.Tensor, conv1_out: torch.Tensor) -> torch.Tensor:
+        """Return c = max(L^/mu, 1) (the paper prints mu/L^, a typo: DESIGN 4)."""
+        assert self.spectral is not None
+        if z.shape[-1] != self.spectral.v_conv2.shape[-1]:
+            self.spectral._resize(z.shape[-1])
+        with torch.autocast(z.device.type, enabled=False):
+            s1 = batchnorm_scale(self.bn1, z)
+            s2 = batchnorm_scale(self.bn2, conv1_out)
+            if self.training:
+                # One power-iteration step per training step; the vectors drift slowly
+                # with the weights, so one step keeps the estimate tight.
+                self.spectral.iterate(self.conv1.weight, self.conv2.weight, s1, s2)
+            sigma_conv2, sigma_bn_conv1 = self.spectral.factors(
+                self.conv1.weight, self.conv2.weight, s1, s2
+            )
+            bound = sigma_conv2 * sigma_bn_conv1
+        return torch.clamp(bound / self.mu, min=1.0)
+
+    def forward(self, z: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """Return the updated state: z + f(z), z + f~(z), or x + f~(z) for PCR."""
+        if self.proper:
+            if x is None:
+                raise ValueError("a PCR block needs the stage input: call block(z, x)")
+            return x + self.residual(z)
+        return z + self.residual(z)
+
+    def _scales(self) -> tuple[torch.Tensor, torch.Tensor]:
+        # Outside a forward pass only the running statistics are at hand.
+        return batchnorm_scale(self.bn1, None), batchnorm_scale(self.bn2, None)
+
+    def lipschitz_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the current estimates (||Conv2||_2, ||BN2 . Conv1 . BN1||_2)."""
+        if self.spectral is None:
+            raise ValueError("lipschitz_factors() needs an ICR or PCR block")
+        s1, s2 = self._scales()
+        with torch.no_grad():
+            return self.spectral.factors(self.conv1.weight, self.conv2.weight, s1, s2)
+
+    def lipschitz_bound(self) -> torch.Tensor:
+        """Return the current estimate of L^(f), before division by mu."""
+        sigma_conv2, sigma_bn_conv1 = self.lipschitz_factors()
+        return sigma_conv2 * sigma_bn_conv1
+
+    def power_iterate(self, iterations: int) -> None:
+        """Run `iterations` more power-iteration steps with the running BN statistics."""
+        if self.spectral is None:
+            raise ValueError("power_iterate() needs an ICR or PCR block")
+        s1, s2 = self._scales()
+        self.spectral.iterate(self.conv1.weight, self.conv2.weight, s1, s2, iterations)
+
+
+class Stage(nn.Module):
+    """N residual blocks of one width, run in the order a schedule gives."""
+
+    def __init__(
+        self, channels: int, spatial_size: int, num_blocks: int, block: str, mu: float
+    ) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            ResidualBlock(
+                channels,
+                spatial_size,
+                normalised=block in ("icr", "pcr"),
+                proper=block == "pcr",
+                mu=mu,
+            )
+            for _ in range(num_blocks)
+        )
+
+    def forward(self, x: torch.Tensor, schedule: Sequence[int] | None = None) -> torch.Tensor:
+        """Return the stage output after applying the blocks named by `schedule` to x."""
+        if schedule is None:
+            schedule = range(len(self.blocks))
+        z = x
+        for t in schedule:
+            z = self.blocks[t](z, x)
+        return z
+
+    def init_recurrent(self) -> None:
+        """Make every block a copy of block 0 (recurrent initialisation)."""
+        state = self.blocks[0].state_dict()
+        for block in self.blocks[1:]:
+            block.load_state_dict(state)
+
+
+class Transition(nn.Module):
+    """BN -> ReLU -> Conv3x3(stride 2, c -> 2c) between two stages."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(channels)
+        self.conv = _conv3x3(channels, 2 * channels, stride=2)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """Return the downsampled feature map of twice the channels."""
+        return self.conv(F.relu(self.bn(h)))
+
+
+class Head(nn.Module):
+    """BN -> ReLU -> global average pool -> Linear."""
+
+    def __init__(self, channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(channels)
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """Return the logits."""
+        pooled = F.relu(self.bn(h)).mean(dim=(2, 3))
+        return self.fc(pooled)
+
+
+class ResNet(nn.Module):
+    """stem -> stage 0 -> transition -> stage 1 -> transition -> stage 2 -> head."""
+
+    def __init__(self, cfg: ResNetConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        widths = [cfg.width * 2**s for s in range(NUM_STAGES)]
+        sizes = [cfg.image_size // 2**s for s in range(NUM_STAGES)]
+        self.stem = _conv3x3(cfg.in_channels, cfg.width)
+        self.stages = nn.ModuleList(
+            Stage(w, size, cfg.blocks_per_stage, cfg.block, cfg.mu)
+            for w, size in zip(widths, sizes, strict=True)
+        )
+        self.transitions = nn.ModuleList(Transition(w) for w in widths[:-1])
+        self.head = Head(widths[-1], cfg.num_classes)
+        self._initialise()
+
+    def _initialise(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        for stage in self.stages:
+            for block in stage.blocks:
+                nn.init.constant_(block.bn1.weight, self.cfg.bn_gamma_init)
+                nn.init.constant_(block.bn2.weight, self.cfg.bn_gamma_init)
+            if self.cfg.recurrent_init:
+                stage.init_recurrent()
+
+    def forward_stage(
+        self, stage_index: int, h: torch.Tensor, schedule: Sequence[int] | None = None
+    ) -> torch.Tensor:
+        """Return the output of stage `stage_index` given the previous stage's output h."""
+        if stage_index > 0:
+            h = self.transitions[stage_index - 1](h)
+        return self.stages[stage_index](h, schedule)
+
+    def forward_from(self, stage_index: int, h: torch.Tensor) -> torch.Tensor:
+        """Return the logits given the output h of stage `stage_index` (-1: of the stem)."""
+        for s in range(stage_index + 1, NUM_STAGES):
+            h = self.forward_stage(s, h)
+        return self.forward_head(h)
+
+    def forward_features(
+        self, x: torch.Tensor, schedules: Mapping[int, Sequence[int]] | None = None
+    ) -> torch.Tensor:
+        """Return the last stage's output; `schedules` maps a stage to its block order."""
+        schedules = schedules or {}
+        h = self.stem(x)
+        for s in range(NUM_STAGES):
+            h = self.forward_stage(s, h, schedules.get(s))
+        return h
+
+    def forward_head(self, h: torch.Tensor) -> torch.Tensor:
+        """Return the logits from the last stage's output."""
+        return self.head(h)
+
+    def forward(
+        self, x: torch.Tensor, schedules: Mapping[int, Sequence[int]] | None = None
+    ) -> torch.Tensor:
+        """Return the logits; stages not named in `schedules` run all their blocks."""
+        for s, schedule in (schedules or {}).items():
+            if s not in range(NUM_STAGES):
+                raise ValueError(f"schedules key {s!r}: stages are 0, 1, 2")
+            if any(t not in range(self.cfg.blocks_per_stage) for t in schedule):
+                raise ValueError(
+                    f"schedule {list(schedule)!r} for stage {s}: block indices must be in "
+                    f"0..{self.cfg.blocks_per_stage - 1}"
+                )
+        return self.forward_head(self.forward_features(x, schedules))
+
+
+def build_model(cfg: ResNetConfig) -> ResNet:
+    """Return a freshly initialised ResNet for `cfg`."""
+    return ResNet(cfg)
+
+
+def normalised_blocks(model: nn.Module) -> list[ResidualBlock]:
+    """Return the spectrally normalised blocks of a model (empty for an ordinary ResNet)."""
+    return [m for m in model.modules() if isinstance(m, ResidualBlock) and m.spectral is not None]
+
+
+def converge_power_iteration(
+    model: nn.Module, tolerance: float = 1e-3, max_iterations: int = 200, chunk: int = 5
+) -> int:
+    """Iterate every normalised block until its L^ moves < `tolerance` relative; return steps."""
+    blocks = normalised_blocks(model)
+    done = 0
+    previous = [b.lipschitz_bound() for b in blocks]
+    while blocks and done < max_iterations:
+        for block in blocks:
+            block.power_iterate(chunk)
+        done += chunk
+        current = [b.lipschitz_bound() for b in blocks]
+        moved = max(
+            float((c - p).abs() / p.abs().clamp_min(1e-12))
+            for c, p in zip(current, previous, strict=True)
+        )
+        previous = current
+        if moved < tolerance:
+            break
+    return done
+
+
+def parameter_count(cfg: ResNetConfig) -> int:
+    """Return the number of trainable parameters of `build_model(cfg)` by formula."""
+    w, n = cfg.width, cfg.blocks_per_stage
+    count = 9 * cfg.in_channels * w  # stem
+    for s in range(NUM_STAGES):
+        c = w * 2**s
+        count += n * (2 * 9 * c * c + 4 * c)  # two convs, two BNs per block
+        if s < NUM_STAGES - 1:
+            count += 2 * c + 9 * c * 2 * c  # transition BN and stride-2 conv
+    c = 4 * w
+    count += 2 * c + c * cfg.num_classes + cfg.num_classes  # head BN and linear
+    return count
+
+
+__all__ = [
+    "BLOCK_TYPES",
+    "ResNet",
+    "ResNetConfig",
+    "ResidualBlock",
+    "Stage",
+    "build_model",
+    "converge_power_iteration",
+    "normalised_blocks",
+    "parameter_count",
+]

@@ -1,0 +1,1 @@
+"""One trial of the sweep: data, training, coupling, indices, tracking."""

@@ -1,0 +1,145 @@
+"""The spectral bound L^ of DESIGN 4 against dense Jacobians and dense SVDs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models import ResNetConfig, build_model, converge_power_iteration
+from models.resnet import ResidualBlock, Stage
+
+MU = 0.95
+
+
+def _random_block(channels: int, size: int, seed: int, proper: bool = False) -> ResidualBlock:
+    """Return an eval-mode ICR/PCR block with non-trivial BN scales and converged vectors."""
+    torch.manual_seed(seed)
+    block = ResidualBlock(channels, size, normalised=True, proper=proper, mu=MU)
+    with torch.no_grad():
+        for bn in (block.bn1, block.bn2):
+            bn.weight.uniform_(0.5, 2.0)
+            bn.bias.normal_()
+            bn.running_mean.normal_()
+            bn.running_var.uniform_(0.5, 2.0)
+        # Larger kernels than the default draw, so that the bound L^ > mu is active.
+        block.conv1.weight.mul_(2.0)
+        block.conv2.weight.mul_(2.0)
+    block.eval()
+    block.power_iterate(500)
+    return block
+
+
+def _dense(operator, channels: int, size: int) -> torch.Tensor:
+    """Return the matrix of a linear map on channels x size x size feature maps."""
+    n = channels * size * size
+    basis = torch.eye(n).view(n, channels, size, size)
+    return operator(basis).reshape(n, n).T
+
+
+def _scale(bn: torch.nn.BatchNorm2d) -> torch.Tensor:
+    return (bn.weight / torch.sqrt(bn.running_var + bn.eps)).view(1, -1, 1, 1)
+
+
+@pytest.mark.parametrize(("channels", "size", "seed"), [(2, 6, 0), (3, 6, 1), (3, 8, 2)])
+def test_each_factor_matches_dense_svd(channels: int, size: int, seed: int) -> None:
+    block = _random_block(channels, size, seed)
+    conv2 = _dense(lambda v: F.conv2d(v, block.conv2.weight, padding=1), channels, size)
+    bn_conv1 = _dense(
+        lambda v: (
+            _scale(block.bn2) * F.conv2d(_scale(block.bn1) * v, block.conv1.weight, padding=1)
+        ),
+        channels,
+        size,
+    )
+    with torch.no_grad():
+        expected = (torch.linalg.matrix_norm(conv2, 2), torch.linalg.matrix_norm(bn_conv1, 2))
+    estimated = block.lipschitz_factors()
+    for est, exact in zip(estimated, expected, strict=True):
+        assert float(est) == pytest.approx(float(exact), rel=1e-3)
+
+
+def _jacobian_norm(function, z: torch.Tensor) -> float:
+    jacobian = torch.autograd.functional.jacobian(
+        lambda v: function(v.view_as(z)).flatten(), z.flatten()
+    )
+    return float(torch.linalg.matrix_norm(jacobian, 2))
+
+
+@pytest.mark.parametrize(("channels", "size", "seed"), [(2, 6, 3), (3, 8, 4)])
+def test_dense_jacobian_is_bounded_by_estimate_and_mu(channels: int, size: int, seed: int) -> None:
+    block = _random_block(channels, size, seed)
+    bound = float(block.lipschitz_bound())
+    correction = max(bound / MU, 1.0)
+    assert bound > MU, "the test needs a block whose bound is active"
+    for draw in range(4):
+        z = torch.randn(1, channels, size, size, generator=torch.Generator().manual_seed(draw))
+        normalised = _jacobian_norm(block.residual, z)
+        # f = c * f~, so ||J_f|| = c * ||J_f~||.
+        assert normalised * correction <= bound * (1 + 1e-3)
+        assert normalised <= MU * (1 + 1e-3)
+
+
+def test_correction_leaves_small_residuals_unchanged() -> None:
+    block = _random_block(2, 6, 5)
+    with torch.no_grad():
+        block.conv2.weight.mul_(1e-4)
+    block.power_iterate(200)
+    assert float(block.lipschitz_bound()) < MU
+    z = torch.randn(1, 2, 6, 6)
+    plain = block.conv2(F.relu(block.bn2(block.conv1(F.relu(block.bn1(z))))))
+    assert torch.allclose(block.residual(z), plain)
+
+
+def test_gradient_flows_through_correction() -> None:
+    block = _random_block(2, 6, 6)
+    block.train()
+    z = torch.randn(8, 2, 6, 6)
+    block.residual(z).sum().backward()
+    with_correction = block.conv1.weight.grad.clone()
+    # Same step with c held constant: the gradients must differ.
+    block.zero_grad()
+    for module in (block.bn1, block.bn2):
+        module.momentum = 0.0  # keep running stats so both passes see the same block
+    c = block._correction(z, block.conv1(F.relu(block.bn1(z)))).detach()
+    f = block.conv2(F.relu(block.bn2(block.conv1(F.relu(block.bn1(z))))))
+    (f / c).sum().backward()
+    assert not torch.allclose(with_correction, block.conv1.weight.grad)
+
+
+def test_pcr_stage_converges_geometrically() -> None:
+    torch.manual_seed(7)
+    stage = Stage(channels=3, spatial_size=8, num_blocks=1, block="pcr", mu=MU)
+    block = stage.blocks[0]
+    with torch.no_grad():
+        block.conv1.weight.mul_(3.0)
+        block.conv2.weight.mul_(3.0)
+    stage.eval()
+    block.power_iterate(500)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        z = stage(x, [0])
+        steps = []
+        for _ in range(200):
+            z_next = block(z, x)
+            steps.append(float((z_next - z).norm()))
+            z = z_next
+    # Banach: successive differences shrink at least by the Lipschitz constant mu.
+    for k in range(1, 200):
+        if steps[k - 1] < 1e-5:
+            break
+        assert steps[k] <= MU * (1 + 1e-3) * steps[k - 1] + 1e-6
+    assert steps[-1] < 1e-4 * steps[0]
+
+
+def test_converge_power_iteration_reaches_dense_norm() -> None:
+    torch.manual_seed(8)
+    cfg = ResNetConfig(in_channels=1, width=2, blocks_per_stage=2, block="icr")
+    model = build_model(cfg).eval()
+    iterations = converge_power_iteration(model, tolerance=1e-6, max_iterations=1000)
+    assert 0 < iterations <= 1000
+    block = model.stages[2].blocks[1]  # 8 channels at 8x8
+    conv2 = _dense(lambda v: F.conv2d(v, block.conv2.weight, padding=1), 8, 8)
+    with torch.no_grad():
+        exact = float(torch.linalg.matrix_norm(conv2, 2))
+    assert float(block.lipschitz_factors()[0]) == pytest.approx(exact, rel=1e-3)
