@@ -1,0 +1,99 @@
+"""Time the cached perturbation curves against one full forward pass per perturbation.
+
+    python benchmarks/indices.py                 # N=16, width 8, 256 examples, CPU
+    python benchmarks/indices.py --device cuda --examples 2000
+
+Both ways compute the three curves of every stage of the same network on the same random
+examples; the script checks that they agree and prints both times and naive/cached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import pandas as pd
+import torch
+
+from models import BLOCK_TYPES, ResNetConfig, build_model, converge_power_iteration
+from pipeline.indices import naive_perturbation_curves, perturbation_curves
+from pipeline.tasks import task_for
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Return the command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument("--blocks", type=int, default=16, help="N blocks per stage")
+    parser.add_argument("--width", type=int, default=8, help="channels of the first stage")
+    parser.add_argument("--block", default="ordinary", choices=BLOCK_TYPES, help="block type")
+    parser.add_argument("--examples", type=int, default=256, help="random 32x32 test images")
+    parser.add_argument("--batch-size", type=int, default=128, help="examples per batch")
+    parser.add_argument("--extra", type=int, default=16, help="K extra evaluations")
+    parser.add_argument(
+        "--max-branch-examples", type=int, default=None, help="branch batch cap (default: auto)"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    for name in ("blocks", "width", "examples", "batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')}={getattr(args, name)}: must be >= 1")
+    if args.extra < 0:
+        parser.error(f"--extra={args.extra}: must be >= 0")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device={args.device}: CUDA is not available here")
+    return args
+
+
+def timed(function, device: torch.device) -> tuple[pd.DataFrame, float]:
+    """Return the result of function() and its wall time in seconds."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    result = function()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return result, time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run both ways once each and print the times and their ratio."""
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    cfg = ResNetConfig(width=args.width, blocks_per_stage=args.blocks, block=args.block)
+    model = build_model(cfg).to(device)
+    with torch.no_grad():  # give BN running statistics that are not the defaults
+        model(torch.randn(64, 3, 32, 32, device=device))
+    converge_power_iteration(model)
+    task = task_for("cifar10")
+    inputs = torch.randn(args.examples, 3, 32, 32, device=device)
+    targets = torch.randint(0, 10, (args.examples,), device=device)
+    batches = list(zip(inputs.split(args.batch_size), targets.split(args.batch_size), strict=True))
+
+    options = {}
+    if args.max_branch_examples is not None:
+        options["max_branch_examples"] = args.max_branch_examples
+    cached, cached_seconds = timed(
+        lambda: perturbation_curves(model, batches, task, args.extra, **options), device
+    )
+    naive, naive_seconds = timed(
+        lambda: naive_perturbation_curves(model, batches, task, args.extra), device
+    )
+    same = cached.equals(naive)
+    print(
+        f"perturbation curves: N={args.blocks} width={args.width} block={args.block} "
+        f"examples={args.examples} batch={args.batch_size} K={args.extra} device={device}"
+    )
+    print(f"naive  (one forward per perturbation): {naive_seconds:8.2f} s")
+    print(f"cached (shared prefixes, batched branches): {cached_seconds:8.2f} s")
+    print(f"ratio naive/cached: {naive_seconds / cached_seconds:.2f}x")
+    print(f"curves identical: {same}")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""One MLflow run per trial, reopened by its Ray trial id, never duplicated (DESIGN 8)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import numbers
+import os
+import platform
+import socket
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType
+from mlflow.exceptions import MlflowException
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from pipeline.config import TrialConfig
+    from pipeline.train import TrialResult
+
+TRIAL_ID_TAG = "ray_trial_id"
+ERROR_TAG = "error"
+# The per-epoch metric whose history says which epochs a reopened run already has.
+EPOCH_HISTORY_METRIC = "test_error"
+FINAL_METRIC_KEYS = (
+    "final_test_error",
+    "final_test_loss",
+    "final_train_loss",
+    "epochs",
+    "parameters",
+    "train_seconds",
+)
+VERSIONED_PACKAGES = ("iterconv", "torch", "torchvision", "ray", "mlflow", "numpy", "pandas")
+# MLflow's REST limits per log_batch request: 1000 metrics, 100 params, 100 tags.
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAMS_PER_BATCH = 100
+MAX_TAG_CHARS = 5000
+
+
+def run_name(config: TrialConfig) -> str:
+    """Return a readable run name like `cifar10-w16-rec0.9-icr-s2` (ordinary block omitted)."""
+    model, coupling, data = config.model, config.coupling, config.data
+    parts = [data.dataset, f"w{model.width}"]
+    parts.append(f"rec{coupling.lam:g}" if model.recurrent_init else f"nonrec{_lam_suffix(config)}")
+    if model.block != "ordinary":
+        parts.append(model.block)
+    if data.train_size is not None:
+        parts.append(f"n{data.train_size}")
+    if model.bn_gamma_init != 1.0:
+        parts.append(f"bn{model.bn_gamma_init:g}")
+    if coupling.kernel != "uniform":
+        parts.append(coupling.kernel[:3])
+    if coupling.first_coupled:
+        parts.append(f"fc{coupling.first_coupled}")
+    parts.append(f"s{config.run.seed}")
+    return "-".join(parts)
+
+
+def _lam_suffix(config: TrialConfig) -> str:
+    """Return the coupling of a non-recurrent init, shown only when it is not the paper's 0."""
+    return "" if config.coupling.lam == 0 else f"{config.coupling.lam:g}"
+
+
+def git_commit() -> str:
+    """Return the commit of the installed source tree, else $ITERCONV_GIT_COMMIT, else unknown."""
+    source_root = Path(__file__).resolve().parent.parent
+    commit = _read_git_head(source_root / ".git")
+    if commit is not None:
+        return commit
+    return os.environ.get("ITERCONV_GIT_COMMIT", "unknown")
+
+
+def _read_git_head(git_dir: Path) -> str | None:
+    """Return HEAD's commit read from .git files (no git binary needed in the image)."""
+    try:
+        head = (git_dir / "HEAD").read_text().strip()
+    except OSError:
+        return None
+    if not head.startswith("ref:"):
+        return head or None
+    ref = head.removeprefix("ref:").strip()
+    try:
+        return (git_dir / ref).read_text().strip()
+    except OSError:
+        pass
+    try:
+        packed = (git_dir / "packed-refs").read_text().splitlines()
+    except OSError:
+        return None
+    for line in packed:
+        commit, _, name = line.partition(" ")
+        if name == ref:
+            return commit
+    return None
+
+
+def package_versions() -> dict[str, str]:
+    """Return the versions of Python and of the packages a result depends on."""
+    versions = {"python": platform.python_version()}
+    for package in VERSIONED_PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "absent"
+    return versions
+
+
+def environment_tags() -> dict[str, str]:
+    """Return the tags that say where and with which code a run was made."""
+    tags = {"git_commit": git_commit(), "host": socket.gethostname()}
+    tags |= {f"version.{name}": version for name, version in package_versions().items()}
+    return tags
+
+
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    """Return the id of the experiment `name`, creating or restoring it (safe under races)."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name)
+        except MlflowException:
+            # Another trial created it between our lookup and our create.
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage == "deleted":
+        client.restore_experiment(experiment.experiment_id)
+    return experiment.experiment_id
+
+
+def find_trial_run(client: MlflowClient, experiment_id: str, trial_id: str) -> Any | None:
+    """Return the run tagged with this Ray trial id (the oldest, if ever two), else None."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.{TRIAL_ID_TAG} = '{trial_id}'",
+        run_view_type=ViewType.ALL,
+        order_by=["attributes.start_time ASC"],
+    )
+    return runs[0] if runs else None
+
+
+def close_unfinished_runs(
+    tracking_uri: str, experiment: str, trial_ids: Iterable[str], status: str = "KILLED"
+) -> list[str]:
+    """Mark the still-RUNNING runs of these trials as `status`; return their run ids."""
+    client = MlflowClient(tracking_uri)
+    experiment_obj = client.get_experiment_by_name(experiment)
+    if experiment_obj is None:
+        return []
+    closed = []
+    for trial_id in trial_ids:
+        run = find_trial_run(client, experiment_obj.experiment_id, trial_id)
+        if run is not None and run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, status=status)
+            closed.append(run.info.run_id)
+    return closed
+
+
+class TrialRun:
+    """The MLflow run of one trial: reopened on retry, epochs logged once, ended FINISHED/FAILED."""
+
+    def __init__(self, client: MlflowClient, run_id: str, logged_epochs: set[int]) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.logged_epochs = logged_epochs  # epochs already in the run's history
+
+    @classmethod
+    def open(
+        cls,
+        tracking_uri: str,
+        experiment: str,
+        trial_id: str,
+        config: TrialConfig,
+        grid: str,
+        tags: Mapping[str, str] | None = None,
+    ) -> TrialRun:
+        """Return the run of this trial: the existing one reopened, or a new one with params."""
+        client = MlflowClient(tracking_uri)
+        experiment_id = ensure_experiment(client, experiment)
+        run_tags = {"grid": grid, TRIAL_ID_TAG: trial_id, **environment_tags(), **(tags or {})}
+        existing = find_trial_run(client, experiment_id, trial_id)
+        if existing is None:
+            run = client.create_run(experiment_id, tags=run_tags, run_name=run_name(config))
+            run_id = run.info.run_id
+            _log_params(client, run_id, config.to_flat_dict())
+            _log_json_artifact(client, run_id, "config.json", config.to_dict())
+            return cls(client, run_id, set())
+        run_id = existing.info.run_id
+        previous_error = existing.data.tags.get(ERROR_TAG)
+        if previous_error is not None:
+            client.delete_tag(run_id, ERROR_TAG)
+            run_tags["previous_error"] = previous_error
+        attempts = int(existing.data.tags.get("attempts", "1")) + 1
+        run_tags["attempts"] = str(attempts)
+        client.update_run(run_id, status="RUNNING")
+        client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in run_tags.items()])
+        history = client.get_metric_history(run_id, EPOCH_HISTORY_METRIC)
+        return cls(client, run_id, {int(metric.step) for metric in history})
+
+    def log_epoch(self, metrics: Mapping[str, float]) -> bool:
+        """Log one epoch's metrics with step=epoch in one request; False if already logged."""
+        epoch = int(metrics["epoch"])
+        if epoch in self.logged_epochs:
+            return False
+        now = _now_ms()
+        batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items() if _is_number(v)]
+        _log_metrics(self.client, self.run_id, batch)
+        self.logged_epochs.add(epoch)
+        return True
+
+    def finish(self, result: TrialResult) -> None:
+        """Log final metrics, indices and curves (stepped and as Parquet); end the run FINISHED."""
+        now = _now_ms()
+        step = int(result.metrics.get("epochs", 0))
+        finals = {**result.metrics, **result.indices}
+        batch = [Metric(k, float(v), now, step) for k, v in finals.items() if _is_number(v)]
+        batch += curve_metrics(result.curves, now)
+        _log_metrics(self.client, self.run_id, batch)
+        with tempfile.TemporaryDirectory(prefix="iterconv-artifacts-") as directory:
+            path = os.path.join(directory, "curves.parquet")
+            result.curves.to_parquet(path, index=False)
+            self.client.log_artifact(self.run_id, path)
+        self.client.set_terminated(self.run_id, status="FINISHED")
+
+    def fail(self, error: BaseException) -> None:
+        """Record the error as a tag and end the run FAILED (a retry reopens it)."""
+        message = f"{type(error).__name__}: {error}"[:MAX_TAG_CHARS]
+        self.client.set_tag(self.run_id, ERROR_TAG, message)
+        self.client.set_terminated(self.run_id, status=RunStatus.to_string(RunStatus.FAILED))
+
+
+def curve_metrics(curves: pd.DataFrame, timestamp: int) -> list[Metric]:
+    """Return each perturbation curve as a stepped metric `curve/<curve>/stage<s>`."""
+    return [
+        Metric(
+            f"curve/{row.curve}/stage{int(row.stage)}", float(row.error), timestamp, int(row.step)
+        )
+        for row in curves.itertuples(index=False)
+    ]
+
+
+def _log_params(client: MlflowClient, run_id: str, flat: Mapping[str, Any]) -> None:
+    """Log the flat config as params, in batches within MLflow's per-request limit."""
+    params = [Param(key, str(value)) for key, value in sorted(flat.items())]
+    for start in range(0, len(params), MAX_PARAMS_PER_BATCH):
+        client.log_batch(run_id, params=params[start : start + MAX_PARAMS_PER_BATCH])
+
+
+def _log_metrics(client: MlflowClient, run_id: str, metrics: list[Metric]) -> None:
+    """Log metrics in as few requests as MLflow's batch limit allows."""
+    for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=metrics[start : start + MAX_METRICS_PER_BATCH])
+
+
+def _log_json_artifact(client: MlflowClient, run_id: str, name: str, content: Any) -> None:
+    """Upload `content` as a JSON artifact called `name`."""
+    with tempfile.TemporaryDirectory(prefix="iterconv-artifacts-") as directory:
+        path = os.path.join(directory, name)
+        with open(path, "w") as file:
+            json.dump(content, file, indent=2, sort_keys=True)
+        client.log_artifact(run_id, path)
+
+
+def _is_number(value: Any) -> bool:
+    """Return True for values MLflow can store as a metric (numpy scalars too, bools not)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _now_ms() -> int:
+    """Return the wall time in milliseconds, MLflow's timestamp unit."""
+    return int(time.time() * 1000)

@@ -1,0 +1,421 @@
+"""One trial: train, evaluate and checkpoint every epoch, then perturbation curves and indices."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from models import build_model, converge_power_iteration, parameter_count
+from pipeline.config import TrialConfig, apply_overrides, model_config
+from pipeline.coupling import GradientCoupler
+from pipeline.data import Dataset, DeviceLoader, load_dataset
+from pipeline.indices import iteration_indices, perturbation_curves
+from pipeline.tasks import Task
+
+logger = logging.getLogger("iterconv.train")
+
+CHECKPOINT_NAME = "checkpoint.pt"
+REFERENCE_BATCH = 128  # optim.lr is the peak learning rate per this many examples
+INDEX_SUBSET_SEED = 0  # every trial measures its indices on the same test images
+# Keys that may differ between a run and the retry that resumes its checkpoint.
+RESUMABLE_DIFFERENCES = ("run.device", "run.threads", "run.fail_at_epoch")
+
+Report = Callable[[dict[str, float], str | None], None]
+
+
+class DivergenceError(RuntimeError):
+    """The training loss became non-finite."""
+
+
+class InjectedFault(RuntimeError):  # noqa: N818 (the name the contract uses)
+    """Test-only failure raised by run.fail_at_epoch."""
+
+
+@dataclass
+class TrialResult:
+    """What one trial produces: final metrics, indices, perturbation curves, per-epoch history."""
+
+    config: TrialConfig
+    metrics: dict[str, float]  # final_test_error, final_test_loss, final_train_loss, ...
+    indices: dict[str, float]  # ci, ri, di and their per-stage values
+    curves: pd.DataFrame  # columns stage, curve, step, error
+    history: list[dict[str, float]] = field(default_factory=list)  # one dict per epoch
+
+    def summary(self) -> dict[str, float]:
+        """Return the final metrics and the indices as one flat dict."""
+        return {**self.metrics, **self.indices}
+
+
+@dataclass
+class Trial:
+    """The live objects of a trial, built once from its config."""
+
+    config: TrialConfig
+    device: torch.device
+    task: Task
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    coupler: GradientCoupler | None
+    train_loader: DeviceLoader
+    test_loader: DeviceLoader
+    test_set: Dataset  # the test split, for the indices
+    mixed_precision: bool  # bf16 autocast (CUDA only; the benchmark turns it off to compare)
+
+
+def resolve_device(name: str) -> torch.device:
+    """Return the torch device of run.device ("auto": CUDA when available)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("run.device='cuda': CUDA is not available here; use 'cpu' or 'auto'")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def autocast(trial: Trial) -> contextlib.AbstractContextManager:
+    """Return bf16 autocast for a mixed-precision trial, else a no-op (fp32)."""
+    if trial.mixed_precision:
+        return torch.autocast(trial.device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Return the learning-rate multiplier of a step: linear warm-up, then cosine to 0."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    decay_steps = max(total_steps - warmup_steps, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup_steps, decay_steps) / decay_steps))
+
+
+def load_splits(config: TrialConfig) -> tuple[Dataset, Dataset]:
+    """Return the (train, test) splits of data.dataset, subsets and sizes as configured."""
+    d = config.data
+    sizes = {"train": d.clutter_train_images, "test": d.clutter_test_images}
+    train_set, test_set = (
+        load_dataset(
+            d.dataset,
+            d.root,
+            split,
+            download=d.download,
+            train_size=d.train_size if split == "train" else None,
+            seed=config.run.seed,
+            clutter_images=sizes[split] if config.task.multilabel else None,
+        )
+        for split in ("train", "test")
+    )
+    return train_set, test_set
+
+
+def build_trial(
+    config: TrialConfig, device: torch.device, splits: tuple[Dataset, Dataset] | None = None
+) -> Trial:
+    """Return the data, model, optimiser, schedule and coupler of a seeded trial."""
+    o, seed = config.optim, config.run.seed
+    train_set, test_set = splits if splits is not None else load_splits(config)
+    seed_everything(seed)  # right before the weights are drawn
+    model = build_model(model_config(config, train_set.task)).to(device)
+    mixed_precision = device.type == "cuda"
+    if mixed_precision:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=o.lr * o.batch_size / REFERENCE_BATCH,
+        momentum=o.momentum,
+        nesterov=o.nesterov,
+        weight_decay=o.weight_decay,
+    )
+    train_loader = DeviceLoader(train_set, o.batch_size, device, train=True, seed=seed)
+    test_loader = DeviceLoader(test_set, o.batch_size, device, train=False, seed=seed)
+    steps = len(train_loader)
+    warmup, total = o.warmup_epochs * steps, o.epochs * steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, warmup, total)
+    )
+    c = config.coupling
+    coupler = None
+    if c.lam > 0:
+        coupler = GradientCoupler(model, c.lam, c.kernel, c.bandwidth, c.first_coupled)
+    return Trial(
+        config=config,
+        device=device,
+        task=train_set.task,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        coupler=coupler,
+        train_loader=train_loader,
+        test_loader=test_loader,
+        test_set=test_set,
+        mixed_precision=mixed_precision,
+    )
+
+
+def _synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_epoch(trial: Trial, epoch: int) -> dict[str, float]:
+    """Train one epoch; return train_loss, train_error, lr, images_per_second."""
+    model, task, device = trial.model, trial.task, trial.device
+    model.train()
+    trial.train_loader.set_epoch(epoch)
+    # Losses stay on the device until the epoch ends: no host sync per step.
+    losses = torch.zeros(len(trial.train_loader), device=device)
+    sizes: list[int] = []
+    wrong = torch.zeros((), dtype=torch.int64, device=device)
+    lr = trial.optimizer.param_groups[0]["lr"]
+    _synchronise(device)
+    start = time.perf_counter()
+    for step, (inputs, targets) in enumerate(trial.train_loader):
+        with autocast(trial):
+            logits = model(inputs)
+        loss = task.loss(logits, targets)
+        trial.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if trial.coupler is not None:
+            trial.coupler.apply()
+        lr = trial.optimizer.param_groups[0]["lr"]
+        trial.optimizer.step()
+        trial.scheduler.step()
+        losses[step] = loss.detach()
+        wrong += task.wrong(logits.detach(), targets).sum()
+        sizes.append(len(targets))
+    _synchronise(device)
+    seconds = time.perf_counter() - start
+    losses = losses[: len(sizes)].cpu().double()
+    _check_finite(losses, epoch)
+    seen = sum(sizes)
+    return {
+        "train_loss": float((losses * torch.tensor(sizes, dtype=torch.float64)).sum()) / seen,
+        "train_error": int(wrong) / seen,
+        "lr": lr,
+        "images_per_second": seen / seconds,
+    }
+
+
+def _check_finite(losses: torch.Tensor, epoch: int) -> None:
+    """Raise DivergenceError naming the first step whose training loss is not finite."""
+    bad = torch.nonzero(~torch.isfinite(losses)).flatten()
+    if len(bad) > 0:
+        step = int(bad[0])
+        raise DivergenceError(
+            f"training diverged at epoch {epoch}, step {step + 1} of {len(losses)}: "
+            f"loss {float(losses[step])}"
+        )
+
+
+@torch.no_grad()
+def evaluate(trial: Trial, batches: Iterable | None = None) -> tuple[float, float]:
+    """Return (mean loss, error) in evaluation mode over `batches` (default: the test split)."""
+    model, task, device = trial.model, trial.task, trial.device
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    wrong = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
+    for inputs, targets in trial.test_loader if batches is None else batches:
+        with autocast(trial):
+            logits = model(inputs)
+        loss_sum += task.loss(logits, targets).double() * len(targets)
+        wrong += task.wrong(logits, targets).sum()
+        seen += len(targets)
+    return float(loss_sum) / seen, int(wrong) / seen
+
+
+def run_epoch(trial: Trial, epoch: int) -> dict[str, float]:
+    """Train and evaluate one epoch; return its metrics (keys as in the contract)."""
+    start = time.perf_counter()
+    train = train_epoch(trial, epoch)
+    test_loss, test_error = evaluate(trial)
+    return {
+        "epoch": epoch,
+        "train_loss": train["train_loss"],
+        "train_error": train["train_error"],
+        "test_loss": test_loss,
+        "test_error": test_error,
+        "lr": train["lr"],
+        "images_per_second": train["images_per_second"],
+        "epoch_seconds": time.perf_counter() - start,
+    }
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, trial: Trial, history: list[dict[str, float]]) -> None:
+    """Write everything needed to resume bit-for-bit, atomically (tmp file, then rename)."""
+    state = {
+        "config": trial.config.to_dict(),
+        "epoch": len(history),
+        "history": history,
+        "model": trial.model.state_dict(),  # includes BN statistics and power-iteration vectors
+        "optimizer": trial.optimizer.state_dict(),
+        "scheduler": trial.scheduler.state_dict(),
+        "train_loader": trial.train_loader.state_dict(),
+        "rng": _rng_state(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, trial: Trial) -> list[dict[str, float]]:
+    """Restore a trial from its checkpoint; return the history of the finished epochs."""
+    # Our own file: it holds NumPy and Python RNG states, which weights_only refuses.
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    saved = TrialConfig.from_dict(state["config"]).to_flat_dict()
+    differing = [
+        key
+        for key, value in trial.config.to_flat_dict().items()
+        if saved[key] != value and key not in RESUMABLE_DIFFERENCES
+    ]
+    if differing:
+        raise ValueError(
+            f"checkpoint {path} belongs to another trial: {differing[0]}={saved[differing[0]]!r} "
+            f"there, {trial.config.to_flat_dict()[differing[0]]!r} here"
+        )
+    trial.model.load_state_dict(state["model"])
+    trial.optimizer.load_state_dict(state["optimizer"])
+    trial.scheduler.load_state_dict(state["scheduler"])
+    trial.train_loader.load_state_dict(state["train_loader"])
+    _set_rng_state(state["rng"])
+    return list(state["history"])
+
+
+def index_batches(trial: Trial) -> DeviceLoader:
+    """Return the test batches for the indices: all, or data.index_examples seeded images."""
+    subset, n = trial.test_set, trial.config.data.index_examples
+    if n is not None and n < len(subset):
+        generator = torch.Generator().manual_seed(INDEX_SUBSET_SEED)
+        subset = subset.subset(torch.randperm(len(subset), generator=generator)[:n])
+    batch_size = trial.config.optim.batch_size
+    return DeviceLoader(subset, batch_size, trial.device, train=False, seed=INDEX_SUBSET_SEED)
+
+
+def finish_trial(trial: Trial, history: list[dict[str, float]]) -> TrialResult:
+    """Converge the spectral bounds, evaluate, and compute the perturbation curves and indices."""
+    converge_power_iteration(trial.model)  # no-op for ordinary blocks
+    test_loss, test_error = evaluate(trial)
+    trial.model.eval()
+    with torch.no_grad(), autocast(trial):
+        curves = perturbation_curves(
+            trial.model, index_batches(trial), trial.task, trial.config.run.extra_evaluations
+        )
+    indices = iteration_indices(curves, trial.task.chance_error)
+    metrics = {
+        "final_test_error": test_error,
+        "final_test_loss": test_loss,
+        "final_train_loss": history[-1]["train_loss"],
+        "epochs": len(history),
+        "train_seconds": sum(h["epoch_seconds"] for h in history),
+        "parameters": parameter_count(model_config(trial.config, trial.task)),
+    }
+    return TrialResult(trial.config, metrics, dict(indices), curves, history)
+
+
+def run_trial(
+    config: TrialConfig, report: Report | None = None, checkpoint_dir: str | None = None
+) -> TrialResult:
+    """Train one trial (resuming from checkpoint_dir if it holds a checkpoint); return results."""
+    config.validate()
+    device = resolve_device(config.run.device)
+    if config.run.threads is not None:
+        torch.set_num_threads(config.run.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    trial = build_trial(config, device)
+    path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    history: list[dict[str, float]] = []
+    resumed = path is not None and path.exists()
+    if resumed:
+        history = load_checkpoint(path, trial)
+        logger.info("resumed %s after epoch %d", path, len(history))
+    for epoch in range(len(history) + 1, config.optim.epochs + 1):
+        if epoch == config.run.fail_at_epoch and not resumed:
+            raise InjectedFault(f"run.fail_at_epoch={epoch}: injected failure as epoch starts")
+        metrics = run_epoch(trial, epoch)
+        history.append(metrics)
+        if path is not None:
+            save_checkpoint(path, trial, history)
+        logger.info(
+            "epoch %d/%d train_loss %.4f train_error %.4f test_loss %.4f test_error %.4f "
+            "lr %.4g %.0f img/s %.1f s",
+            epoch,
+            config.optim.epochs,
+            metrics["train_loss"],
+            metrics["train_error"],
+            metrics["test_loss"],
+            metrics["test_error"],
+            metrics["lr"],
+            metrics["images_per_second"],
+            metrics["epoch_seconds"],
+        )
+        if report is not None:
+            report(dict(metrics), checkpoint_dir)
+    return finish_trial(trial, history)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one trial from key=value overrides and print its summary as JSON."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.train", description="Train one trial and print its indices."
+    )
+    parser.add_argument("overrides", nargs="*", help="section.field=value, e.g. optim.lr=0.05")
+    parser.add_argument("--checkpoint-dir", help="write checkpoint.pt here; resume if present")
+    args = parser.parse_args(argv)
+    try:
+        config = apply_overrides(TrialConfig(), args.overrides)
+    except ValueError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    result = run_trial(config, checkpoint_dir=args.checkpoint_dir)
+    json.dump(result.summary(), sys.stdout, indent=2)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

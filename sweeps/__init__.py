@@ -1,0 +1,1 @@
+"""Named grids of trials and their launcher on Ray Tune, with MLflow tracking."""

@@ -1,0 +1,284 @@
+"""Named grids of trials: the paper's whole design, one sub-grid per figure, and `smoke`.
+
+Each grid is a function `grid(seeds) -> list[dict]` of flat override dicts ("model.width": 8,
+...); `trial_configs` turns them into validated TrialConfigs. Run one with
+
+    python sweeps/launch.py GRID [key=value ...] [--seeds N] [--dry-run]
+
+`--dry-run` prints each grid's trial count and estimated GPU-hours (sweeps/resources.py);
+the figures of each grid are listed in its docstring.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from pipeline.config import TrialConfig, parse_value
+
+Trial = dict[str, Any]  # flat override dict of one trial, e.g. {"model.width": 8}
+GridFunction = Callable[[int], list[Trial]]
+
+DATASETS = ("cifar10", "cifar100", "mnist", "digitclutter-3", "digitclutter-4", "digitclutter-5")
+WIDTHS = (8, 16, 32, 64)  # channels of stage 1
+# Initialisation and coupling (paper Fig 3): non-recurrent lam 0, recurrent lam 0, 0.5, 0.9, 1.
+VARIANTS: tuple[Trial, ...] = (
+    {"model.recurrent_init": False, "coupling.lam": 0.0},
+    {"model.recurrent_init": True, "coupling.lam": 0.0},
+    {"model.recurrent_init": True, "coupling.lam": 0.5},
+    {"model.recurrent_init": True, "coupling.lam": 0.9},
+    {"model.recurrent_init": True, "coupling.lam": 1.0},
+)
+COUPLED_VARIANTS = VARIANTS[2:]  # lam > 0: where a coupling kernel can matter
+CONVERGENT_BLOCKS = ("icr", "pcr")
+CONVERGENT_MU = 0.95
+SAMPLE_EFFICIENCY = {"cifar10": (5_000, 10_000, 20_000), "digitclutter-5": (10_000, 30_000)}
+TRAINING_VARIATIONS: tuple[tuple[Trial, tuple[Trial, ...]], ...] = (
+    ({"model.bn_gamma_init": 0.1}, VARIANTS),  # S4a
+    ({"coupling.kernel": "triangular"}, COUPLED_VARIANTS),  # S4b
+    ({"coupling.first_coupled": 5}, COUPLED_VARIANTS),  # S4c: first five blocks uncoupled
+)
+DEFAULT_SEEDS = 3
+
+GRIDS: dict[str, GridFunction] = {}
+
+
+def register(function: GridFunction) -> GridFunction:
+    """Add a grid function to GRIDS under its own name."""
+    GRIDS[function.__name__] = function
+    return function
+
+
+def _product(
+    base: Trial, variants: Iterable[Trial], widths: Iterable[int], seeds: int
+) -> list[Trial]:
+    """Return base x variants x widths x seeds as flat dicts."""
+    return [
+        {**base, **variant, "model.width": width, "run.seed": seed}
+        for variant in variants
+        for width in widths
+        for seed in range(seeds)
+    ]
+
+
+def main_trials(seeds: int = DEFAULT_SEEDS) -> list[Trial]:
+    """Return ordinary ResNets: every dataset x 5 variants x 4 widths x seeds."""
+    return [
+        trial
+        for dataset in DATASETS
+        for trial in _product({"data.dataset": dataset}, VARIANTS, WIDTHS, seeds)
+    ]
+
+
+def convergent_trials(seeds: int = DEFAULT_SEEDS) -> list[Trial]:
+    """Return ICR and PCR (mu 0.95) on CIFAR-10 x 5 variants x 4 widths x seeds."""
+    return [
+        trial
+        for block in CONVERGENT_BLOCKS
+        for trial in _product(
+            {"data.dataset": "cifar10", "model.block": block, "model.mu": CONVERGENT_MU},
+            VARIANTS,
+            WIDTHS,
+            seeds,
+        )
+    ]
+
+
+def sample_efficiency_trials(seeds: int = DEFAULT_SEEDS) -> list[Trial]:
+    """Return reduced training sets (S3): CIFAR-10 and Digitclutter-5 x 5 variants x 4 widths."""
+    return [
+        trial
+        for dataset, sizes in SAMPLE_EFFICIENCY.items()
+        for size in sizes
+        for trial in _product(
+            {"data.dataset": dataset, "data.train_size": size}, VARIANTS, WIDTHS, seeds
+        )
+    ]
+
+
+def training_variation_trials(seeds: int = DEFAULT_SEEDS) -> list[Trial]:
+    """Return S4's variations on CIFAR-10: BN gamma 0.1, triangular kernel, first five uncoupled."""
+    return [
+        trial
+        for change, variants in TRAINING_VARIATIONS
+        for trial in _product({"data.dataset": "cifar10", **change}, variants, WIDTHS, seeds)
+    ]
+
+
+def _where(trials: Iterable[Trial], **conditions: Any) -> list[Trial]:
+    """Return the trials whose flat keys (dots written as __) have the given values."""
+    wanted = {key.replace("__", "."): value for key, value in conditions.items()}
+    return [
+        t
+        for t in trials
+        if all(t.get(k) in v if isinstance(v, tuple) else t.get(k) == v for k, v in wanted.items())
+    ]
+
+
+@register
+def paper_grid(seeds: int = DEFAULT_SEEDS) -> list[Trial]:
+    """The paper's whole design: 912 trials with 3 seeds (304 per seed).
+
+    main (6 datasets x 5 variants x 4 widths) + ICR/PCR on CIFAR-10 + sample efficiency
+    (S3) + training variations (S4). Cost: `--dry-run` prints the estimate (on the order of
+    a thousand GPU-hours at 100 epochs); run it on a GPU cluster:
+    `ray submit sweeps/cluster.yaml sweeps/launch.py -- paper_grid --address auto ...`.
+    """
+    return (
+        main_trials(seeds)
+        + convergent_trials(seeds)
+        + sample_efficiency_trials(seeds)
+        + training_variation_trials(seeds)
+    )
+
+
+@register
+def fig2(seeds: int = DEFAULT_SEEDS) -> list[Trial]:
+    """Fig 2, standard training: ordinary non-recurrent ResNet (width 16) on CIFAR-10.
+
+    The paper shows six instances: `python sweeps/launch.py fig2 --seeds 6` (6 trials,
+    a few GPU-hours).
+    """
+    return _where(
+        main_trials(seeds),
+        data__dataset="cifar10",
+        model__width=16,
+        model__recurrent_init=False,
+    )
+
+
+@register
+def fig3(seeds: int = DEFAULT_SEEDS) -> list[Trial]:
+    """Fig 3 (and S1a), coupled ResNets on CIFAR-10 and Digitclutter-5: 120 trials with 3 seeds.
+
+    `python sweeps/launch.py fig3`; the baseline of S4 too.
+    """
+    return _where(main_trials(seeds), data__dataset=("cifar10", "digitclutter-5"))
+
+
+@register
+def fig4(seeds: int = DEFAULT_SEEDS) -> list[Trial]:
+    """Fig 4 (and S1b), improperly convergent ResNets (ICR) on CIFAR-10: 60 trials with 3 seeds.
+
+    `python sweeps/launch.py fig4`; compare with fig3's ordinary CIFAR-10 trials.
+    """
+    return _where(convergent_trials(seeds), model__block="icr")
+
+
+@register
+def s2(seeds: int = DEFAULT_SEEDS) -> list[Trial]:
+    """S2 Fig, properly convergent ResNets (PCR) on CIFAR-10: 60 trials with 3 seeds.
+
+    `python sweeps/launch.py s2`.
+    """
+    return _where(convergent_trials(seeds), model__block="pcr")
+
+
+@register
+def s3(seeds: int = DEFAULT_SEEDS) -> list[Trial]:
+    """S3 Fig, Digitclutter-3/4/5, CIFAR-100, MNIST and reduced training sets: 600 trials.
+
+    `python sweeps/launch.py s3` (3 seeds; the full-size CIFAR-10 baseline is in fig3).
+    """
+    others = _where(main_trials(seeds), data__dataset=DATASETS[1:])
+    return others + sample_efficiency_trials(seeds)
+
+
+@register
+def s4(seeds: int = DEFAULT_SEEDS) -> list[Trial]:
+    """S4 and S5 Fig, training variations on CIFAR-10: 132 trials with 3 seeds.
+
+    `python sweeps/launch.py s4`; their baseline is fig3's CIFAR-10 trials.
+    """
+    return training_variation_trials(seeds)
+
+
+SMOKE_BASE: Trial = {
+    "data.dataset": "digitclutter-3",
+    "data.clutter_train_images": 2_000,
+    "data.clutter_test_images": 500,
+    "data.index_examples": 256,
+    "model.width": 8,
+    "model.blocks_per_stage": 3,
+    "optim.epochs": 2,
+    "optim.batch_size": 64,
+    "run.extra_evaluations": 4,
+}
+NONREC, REC0, REC1 = VARIANTS[0], VARIANTS[1], VARIANTS[4]
+
+
+@register
+def smoke(seeds: int = 2) -> list[Trial]:
+    """Ten tiny CPU trials on Digitclutter-3 that give every figure something to draw.
+
+    Ordinary, ICR and PCR; non-recurrent and recurrent init; couplings 0 and 1; two training
+    sizes; one training variation (BN gamma 0.1); `seeds` instances of the baseline. 2,000
+    images, N = 3, width 8, 2 epochs: `python sweeps/launch.py smoke` takes a few minutes on
+    2 CPU cores, offline.
+    """
+    ordinary = {**SMOKE_BASE, "model.block": "ordinary"}
+    icr = {**SMOKE_BASE, "model.block": "icr", "model.mu": CONVERGENT_MU}
+    pcr = {**SMOKE_BASE, "model.block": "pcr", "model.mu": CONVERGENT_MU}
+    trials = [{**ordinary, **NONREC, "run.seed": seed} for seed in range(seeds)]
+    trials += [
+        {**ordinary, **REC0, "run.seed": 0},
+        {**ordinary, **REC1, "run.seed": 0},
+        {**icr, **NONREC, "run.seed": 0},
+        {**icr, **REC1, "run.seed": 0},
+        {**pcr, **NONREC, "run.seed": 0},
+        {**pcr, **REC1, "run.seed": 0},
+        {**ordinary, **NONREC, "data.train_size": 1_000, "run.seed": 0},
+        {**ordinary, **NONREC, "model.bn_gamma_init": 0.1, "run.seed": 0},
+    ]
+    return trials
+
+
+def grid_trials(name: str, seeds: int | None = None) -> list[Trial]:
+    """Return the flat dicts of a registered grid, or raise ValueError listing the grids."""
+    if name not in GRIDS:
+        raise ValueError(f"unknown grid {name!r}: known grids are {', '.join(GRIDS)}")
+    if seeds is not None and seeds < 1:
+        raise ValueError(f"seeds={seeds!r}: must be an integer >= 1")
+    return GRIDS[name]() if seeds is None else GRIDS[name](seeds)
+
+
+def trial_configs(
+    name: str,
+    seeds: int | None = None,
+    settings: Mapping[str, Any] | None = None,
+    overrides: Sequence[str] = (),
+) -> list[TrialConfig]:
+    """Return a grid's validated configs: grid values, then `settings`, then overrides.
+
+    `settings` are the launcher's per-sweep values (data.root, run.threads); `overrides` are
+    the user's "section.field=value" strings. Raise ValueError if any config is invalid or if
+    the overrides make two trials identical.
+    """
+    updates = {**(settings or {}), **parse_overrides(overrides)}
+    configs = [TrialConfig.from_dict({**trial, **updates}) for trial in grid_trials(name, seeds)]
+    check_unique(configs)
+    return configs
+
+
+def parse_overrides(overrides: Iterable[str]) -> Trial:
+    """Return {"section.field": typed value} of "section.field=value" strings."""
+    updates: Trial = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r}: expected section.field=value, e.g. optim.lr=0.05")
+        updates[key.strip()] = parse_value(key.strip(), text)
+    return updates
+
+
+def check_unique(configs: Sequence[TrialConfig]) -> None:
+    """Raise ValueError naming the first pair of configs that are equal."""
+    seen: dict[tuple, int] = {}
+    for index, config in enumerate(configs):
+        key = tuple(sorted(config.to_flat_dict().items(), key=lambda item: item[0]))
+        if key in seen:
+            raise ValueError(
+                f"trials {seen[key]} and {index} are identical ({config.to_flat_dict()}): "
+                "an override sets a key the grid varies"
+            )
+        seen[key] = index

@@ -1,0 +1,132 @@
+"""The Ray Tune trainable: one trial of pipeline.train, its checkpoints and its MLflow run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray import tune
+
+from pipeline.config import TrialConfig
+from pipeline.tracking import TrialRun, run_name
+from pipeline.train import run_trial
+from sweeps.resources import Resources
+
+TRIAL_KEY = "trial"  # param_space key holding a trial's flat config
+TRAINABLE_NAME = "iterconv_trial"
+SCORES = ("final_test_error", "ci", "ri", "di")  # printed when a trial finishes
+
+
+@dataclass(frozen=True)
+class SweepContext:
+    """What every trial of a sweep needs besides its config (not part of the param space).
+
+    Kept out of the param space on purpose: a resumed sweep may log to a new tracking URI
+    (the launcher's local server gets a new port) while the trials' configs stay the same.
+    """
+
+    grid: str  # grid name (a tag of every run)
+    experiment: str  # MLflow experiment (default: the grid name)
+    tracking_uri: str  # http(s) URI of the MLflow tracking server
+
+
+def placement_tags() -> dict[str, str]:
+    """Return where this trial runs: Ray node id and IP, its resources and logical GPU ids."""
+    resources = tune.get_context().get_trial_resources().required_resources
+    return {
+        "ray_node_id": ray.get_runtime_context().get_node_id(),
+        "ray_node_ip": ray.util.get_node_ip_address(),
+        "ray_resources": json.dumps(resources, sort_keys=True),
+        "ray_gpu_ids": json.dumps([str(i) for i in ray.get_gpu_ids()]),
+    }
+
+
+def run_tracked_trial(flat_config: dict[str, Any], context: SweepContext) -> None:
+    """Run one trial under Tune: resume from Tune's checkpoint, log to its MLflow run."""
+    config = TrialConfig.from_dict(flat_config)
+    trial_id = tune.get_context().get_trial_id()
+    run = TrialRun.open(
+        context.tracking_uri, context.experiment, trial_id, config, context.grid, placement_tags()
+    )
+    workdir = tempfile.mkdtemp(prefix=f"iterconv-{trial_id}-")
+    try:
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            checkpoint.to_directory(workdir)
+
+        def report(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
+            # MLflow first: a crash between the two re-runs this epoch from the previous
+            # checkpoint (bit-for-bit), and log_epoch skips what is already logged.
+            run.log_epoch(metrics)
+            saved = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+            tune.report(metrics, checkpoint=saved)
+
+        result = run_trial(config, report=report, checkpoint_dir=workdir)
+        run.finish(result)
+        tune.report({**result.summary(), "mlflow_run_id": run.run_id})
+    except Exception as error:
+        run.fail(error)
+        raise
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def make_trainable(context: SweepContext, resources: Resources) -> Callable[[dict], None]:
+    """Return the Tune function trainable of a sweep, with per-width resource requests."""
+
+    def iterconv_trial(param: dict[str, Any]) -> None:
+        run_tracked_trial(param[TRIAL_KEY], context)
+
+    def request(param: dict[str, Any]) -> tune.PlacementGroupFactory:
+        width = param[TRIAL_KEY]["model.width"]
+        return tune.PlacementGroupFactory([resources.request(width)])
+
+    iterconv_trial.__name__ = TRAINABLE_NAME
+    return tune.with_resources(iterconv_trial, request)
+
+
+def trial_dirname(trial: Any) -> str:
+    """Return a readable trial directory name: run name and Tune's trial id."""
+    config = TrialConfig.from_dict(trial.config[TRIAL_KEY])
+    return f"{run_name(config)}_{trial.trial_id}"
+
+
+def trial_id_of(path: str) -> str:
+    """Return the Tune trial id in a trial directory made by trial_dirname (e.g. 136ec_00001)."""
+    return "_".join(path.rstrip("/").rsplit("/", 1)[-1].split("_")[-2:])
+
+
+class ProgressLines(tune.Callback):
+    """Print one line per trial event (start, retry, finish, error) instead of Tune's tables."""
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Print that a trial started (or restarted) and where it runs."""
+        self._print(trials, f"started  {trial}")
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Print that a trial failed and will be retried from its checkpoint."""
+        self._print(trials, f"retrying {trial} from its last checkpoint")
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Print a finished trial's final error and indices."""
+        result = trial.last_result or {}
+        scores = ", ".join(
+            f"{key} {result[key]:.3f}"
+            for key in ("final_test_error", "ci", "ri", "di")
+            if key in result
+        )
+        self._print(trials, f"finished {trial}: {scores}")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Print a trial that failed for good, with where its error is stored."""
+        self._print(trials, f"FAILED   {trial}: see {trial.path}/error.txt")
+
+    @staticmethod
+    def _print(trials: list, message: str) -> None:
+        done = sum(1 for t in trials if t.status in ("TERMINATED", "ERROR"))
+        print(f"[{done}/{len(trials)}] {message}", flush=True)

@@ -1,0 +1,160 @@
+"""sweeps/grids.py and sweeps/resources.py: trial counts, uniqueness, coverage, costs (fast)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.config import TrialConfig
+from sweeps.cli import main
+from sweeps.grids import (
+    GRIDS,
+    check_unique,
+    convergent_trials,
+    grid_trials,
+    main_trials,
+    sample_efficiency_trials,
+    training_variation_trials,
+    trial_configs,
+)
+from sweeps.resources import Resources, format_dry_run, gpu_hours, parse_gpu_share
+
+
+def frozen(trial: dict) -> tuple:
+    """Return a hashable form of a flat trial dict."""
+    return tuple(sorted(trial.items()))
+
+
+@pytest.fixture(scope="module")
+def paper_configs() -> list[TrialConfig]:
+    return trial_configs("paper_grid")
+
+
+def test_paper_grid_has_912_distinct_trials(paper_configs: list[TrialConfig]) -> None:
+    assert len(paper_configs) == 912
+    assert len({frozen(c.to_flat_dict()) for c in paper_configs}) == 912
+    assert len(main_trials()) == 6 * 5 * 4 * 3
+    assert len(convergent_trials()) == 2 * 5 * 4 * 3
+    assert len(sample_efficiency_trials()) == (3 + 2) * 5 * 4 * 3
+    assert len(training_variation_trials()) == (5 + 3 + 3) * 4 * 3
+
+
+def test_paper_grid_design(paper_configs: list[TrialConfig]) -> None:
+    main = [c for c in paper_configs if c.data.dataset == "mnist"]
+    assert {(c.model.recurrent_init, c.coupling.lam) for c in main} == {
+        (False, 0.0),
+        (True, 0.0),
+        (True, 0.5),
+        (True, 0.9),
+        (True, 1.0),
+    }
+    assert {c.model.width for c in paper_configs} == {8, 16, 32, 64}
+    assert {c.run.seed for c in paper_configs} == {0, 1, 2}
+    convergent = [c for c in paper_configs if c.model.block != "ordinary"]
+    assert {c.data.dataset for c in convergent} == {"cifar10"}
+    assert {c.model.mu for c in convergent} == {0.95}
+    triangular = [c for c in paper_configs if c.coupling.kernel == "triangular"]
+    assert {c.coupling.lam for c in triangular} == {0.5, 0.9, 1.0}
+    assert {c.data.train_size for c in paper_configs if c.data.dataset == "digitclutter-5"} == {
+        None,
+        10_000,
+        30_000,
+    }
+
+
+@pytest.mark.parametrize("seeds", [1, 2, 5])
+def test_seeds_scale_the_paper_grid(seeds: int) -> None:
+    assert len(grid_trials("paper_grid", seeds)) == 304 * seeds
+
+
+@pytest.mark.parametrize("name", [n for n in GRIDS if n not in ("paper_grid", "smoke")])
+def test_figure_grids_are_distinct_subsets_of_the_paper_grid(name: str) -> None:
+    paper = {frozen(t) for t in grid_trials("paper_grid")}
+    trials = [frozen(t) for t in grid_trials(name)]
+    assert trials
+    assert len(set(trials)) == len(trials)
+    assert set(trials) <= paper
+
+
+@pytest.mark.parametrize("name", list(GRIDS))
+def test_every_grid_is_documented_and_valid(name: str) -> None:
+    doc = GRIDS[name].__doc__ or ""
+    assert "launch.py" in doc or "ray submit" in doc, "docstring says how to run it"
+    assert any(word in doc for word in ("trials", "GPU-hours", "minutes")), "and what it costs"
+    configs = trial_configs(name, seeds=1, settings={"data.root": "/data"})
+    assert all(c.data.root == "/data" for c in configs)
+
+
+def test_smoke_gives_every_figure_something_to_draw() -> None:
+    configs = trial_configs("smoke")
+    assert 8 <= len(configs) <= 12
+    assert {c.data.dataset for c in configs} == {"digitclutter-3"}
+    assert {c.model.width for c in configs} == {8}
+    assert all(2 <= c.model.blocks_per_stage <= 4 for c in configs)
+    assert all(c.optim.epochs <= 2 and c.data.clutter_train_images <= 5000 for c in configs)
+    assert {c.model.block for c in configs} == {"ordinary", "icr", "pcr"}
+    assert {c.model.recurrent_init for c in configs} == {False, True}
+    assert {0.0, 1.0} <= {c.coupling.lam for c in configs}
+    assert len({c.data.train_size for c in configs}) == 2
+    assert any(c.model.bn_gamma_init != 1.0 for c in configs)
+    baseline = [
+        c
+        for c in configs
+        if c.model.block == "ordinary"
+        and not c.model.recurrent_init
+        and c.data.train_size is None
+        and c.model.bn_gamma_init == 1.0
+    ]
+    assert {c.run.seed for c in baseline} == {0, 1}
+
+
+def test_overrides_apply_to_every_trial_and_are_checked() -> None:
+    configs = trial_configs("smoke", overrides=["optim.epochs=1", "optim.lr=0.05"])
+    assert {(c.optim.epochs, c.optim.lr) for c in configs} == {(1, 0.05)}
+    with pytest.raises(ValueError, match=r"model\.widht"):
+        trial_configs("smoke", overrides=["model.widht=8"])
+    with pytest.raises(ValueError, match=r"expected section\.field=value"):
+        trial_configs("smoke", overrides=["optim.epochs"])
+    with pytest.raises(ValueError, match="identical"):
+        trial_configs("smoke", overrides=["run.seed=0"])  # the grid varies the seed
+    with pytest.raises(ValueError, match=r"unknown grid 'nope'.*smoke"):
+        trial_configs("nope")
+    with pytest.raises(ValueError, match="seeds"):
+        grid_trials("smoke", seeds=0)
+
+
+def test_check_unique_names_the_pair() -> None:
+    config = TrialConfig()
+    with pytest.raises(ValueError, match="trials 0 and 2 are identical"):
+        check_unique([config, config.with_updates({"run.seed": 1}), config])
+
+
+def test_resources_by_width() -> None:
+    on_gpu = Resources(use_gpus=True)
+    assert on_gpu.request(8) == {"CPU": 1.0, "GPU": 0.125}
+    assert on_gpu.request(64) == {"CPU": 1.0, "GPU": 0.5}
+    assert on_gpu.request(12) == {"CPU": 1.0, "GPU": 0.25}  # the next larger entry
+    assert Resources(use_gpus=False).request(64) == {"CPU": 1.0}
+    custom = Resources(parse_gpu_share("8=0.1,64=1"), cpus_per_trial=2, use_gpus=True)
+    assert custom.request(32) == {"CPU": 2, "GPU": 1.0}
+    with pytest.raises(ValueError, match=r"'8:0\.1'"):
+        parse_gpu_share("8:0.1")
+    with pytest.raises(ValueError, match="must be in"):
+        Resources(parse_gpu_share("8=1.5"))
+
+
+def test_cost_grows_with_width_and_epochs() -> None:
+    resources = Resources(use_gpus=True)
+    small = TrialConfig.from_dict({"model.width": 8})
+    large = small.with_updates({"model.width": 64})
+    assert 0 < gpu_hours(small, resources) < gpu_hours(large, resources)
+    longer = small.with_updates({"optim.epochs": 200})
+    assert gpu_hours(longer, resources) == pytest.approx(2 * gpu_hours(small, resources))
+    report = format_dry_run("smoke", trial_configs("smoke"), resources)
+    assert "grid smoke: 10 trials" in report and "GPU-hours" in report
+
+
+def test_dry_run_prints_counts_and_cost(capsys: pytest.CaptureFixture) -> None:
+    assert main(["fig4", "--dry-run", "--seeds", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "grid fig4: 40 trials" in out
+    assert "estimated total" in out

@@ -1,0 +1,257 @@
+"""run_trial end to end on CPU: learning, checkpoints, bit-identical resume, failures, indices."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from models import parameter_count
+from pipeline.config import TrialConfig, model_config
+from pipeline.tasks import task_for
+from pipeline.train import (
+    CHECKPOINT_NAME,
+    DivergenceError,
+    InjectedFault,
+    TrialResult,
+    lr_factor,
+    main,
+    resolve_device,
+    run_trial,
+)
+
+EPOCH_KEYS = {
+    "epoch",
+    "train_loss",
+    "train_error",
+    "test_loss",
+    "test_error",
+    "lr",
+    "images_per_second",
+    "epoch_seconds",
+}
+FINAL_KEYS = {
+    "final_test_error",
+    "final_test_loss",
+    "final_train_loss",
+    "epochs",
+    "train_seconds",
+    "parameters",
+}
+INDEX_KEYS = {f"{i}{s}" for i in ("ci", "ri", "di") for s in ("", "_stage1", "_stage2", "_stage3")}
+
+# Digitclutter-3, small enough for a loaded CPU; the cache is shared by every trial below.
+CLUTTER = {
+    "data.dataset": "digitclutter-3",
+    "data.clutter_train_images": 3000,
+    "data.clutter_test_images": 500,
+    "data.index_examples": 200,
+    "model.width": 8,
+    "model.blocks_per_stage": 2,
+    "optim.batch_size": 64,
+    "optim.lr": 0.4,
+    "optim.epochs": 2,
+    "run.device": "cpu",
+    "run.extra_evaluations": 4,
+}
+TINY = {"data.train_size": 256, "data.index_examples": 100}  # for the mechanics, not learning
+
+
+@pytest.fixture(scope="module")
+def clutter_root(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Return a data root whose Digitclutter cache all trials of this module share."""
+    return str(tmp_path_factory.mktemp("data"))
+
+
+def clutter_config(root: str, **updates: object) -> TrialConfig:
+    """Return the Digitclutter-3 trial config under root with flat-key updates."""
+    return TrialConfig.from_dict({**CLUTTER, "data.root": root, **updates})
+
+
+class Reports:
+    """A report callback that records each call and the checkpoint it points to."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[dict[str, float], str | None, int | None]] = []
+
+    def __call__(self, metrics: dict[str, float], checkpoint_dir: str | None) -> None:
+        saved_epoch = None
+        if checkpoint_dir is not None:
+            saved_epoch = torch.load(Path(checkpoint_dir) / CHECKPOINT_NAME, weights_only=False)[
+                "epoch"
+            ]
+        self.calls.append((metrics, checkpoint_dir, saved_epoch))
+
+
+def checkpoint(directory: Path) -> dict:
+    """Return the checkpoint stored in a directory."""
+    return torch.load(directory / CHECKPOINT_NAME, weights_only=False)
+
+
+def assert_valid_result(result: TrialResult, epochs: int) -> None:
+    """Check a result's keys, ranges and curves."""
+    assert set(result.metrics) == FINAL_KEYS
+    assert set(result.indices) == INDEX_KEYS
+    assert all(0.0 <= v <= 1.0 for v in result.indices.values()), result.indices
+    assert result.metrics["epochs"] == epochs
+    assert [h["epoch"] for h in result.history] == list(range(1, epochs + 1))
+    assert all(set(h) == EPOCH_KEYS for h in result.history)
+    assert all(math.isfinite(v) for h in result.history for v in h.values())
+    assert list(result.curves.columns) == ["stage", "curve", "step", "error"]
+    assert set(result.curves["stage"]) == {1, 2, 3}
+    assert set(result.curves["curve"]) == {"readout", "dropout", "extra"}
+    assert result.summary() == {**result.metrics, **result.indices}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(
+    clutter_root: str, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[TrialResult, Path, Reports]:
+    """Return an uninterrupted 2-epoch Digitclutter-3 trial, its checkpoint dir and reports."""
+    directory = tmp_path_factory.mktemp("uninterrupted")
+    reports = Reports()
+    result = run_trial(clutter_config(clutter_root), reports, str(directory))
+    return result, directory, reports
+
+
+def test_digitclutter_trial_learns_reports_and_checkpoints(uninterrupted) -> None:
+    result, directory, reports = uninterrupted
+    assert_valid_result(result, epochs=2)
+    chance = task_for("digitclutter-3").chance_error  # 1 - 1/120
+    # Guessing gets 0.8% of 500 test images right (sd 0.4%); 3% right is > 5 sd above it.
+    assert result.metrics["final_test_error"] < chance - 0.022, result.history
+    # Predicting the base rate 3/10 for every digit gives a binary cross-entropy of H(0.3).
+    base_rate_loss = -(0.3 * math.log(0.3) + 0.7 * math.log(0.7))
+    assert result.metrics["final_test_loss"] < base_rate_loss - 0.02, result.history
+    # One report per epoch, each after that epoch's checkpoint was written.
+    assert [metrics for metrics, _, _ in reports.calls] == result.history
+    assert [(d, e) for _, d, e in reports.calls] == [(str(directory), 1), (str(directory), 2)]
+    assert checkpoint(directory)["epoch"] == 2
+    assert not list(directory.glob("*.tmp"))
+    # Warm-up to the peak lr (0.4 * 64/128) during epoch 1, cosine to ~0 at the end of epoch 2.
+    assert result.history[0]["lr"] == pytest.approx(0.2)
+    assert result.history[1]["lr"] < 0.01
+
+
+def test_resume_after_injected_fault_is_bit_identical(
+    uninterrupted, clutter_root: str, tmp_path: Path
+) -> None:
+    reference, reference_dir, _ = uninterrupted
+    config = clutter_config(clutter_root, **{"run.fail_at_epoch": 2})
+    reports = Reports()
+    with pytest.raises(InjectedFault, match=r"run\.fail_at_epoch=2"):
+        run_trial(config, reports, str(tmp_path))
+    assert checkpoint(tmp_path)["epoch"] == 1
+    assert len(reports.calls) == 1
+    # The retry resumes from epoch 1, so the fault is not raised again.
+    resumed = run_trial(config, reports, str(tmp_path))
+    assert [m["epoch"] for m, _, _ in reports.calls] == [1, 2]
+    final, expected = checkpoint(tmp_path), checkpoint(reference_dir)
+    for name, tensor in expected["model"].items():
+        assert torch.equal(final["model"][name], tensor), name
+    for key, state in expected["optimizer"]["state"].items():
+        assert torch.equal(
+            final["optimizer"]["state"][key]["momentum_buffer"], state["momentum_buffer"]
+        )
+    assert final["scheduler"] == expected["scheduler"]
+    losses = ("train_loss", "train_error", "test_loss", "test_error", "lr")
+    assert [[h[k] for k in losses] for h in resumed.history] == [
+        [h[k] for k in losses] for h in reference.history
+    ]
+    assert resumed.indices == reference.indices
+    pd.testing.assert_frame_equal(resumed.curves, reference.curves)
+
+
+def test_checkpoint_at_the_last_epoch_goes_straight_to_the_indices(
+    uninterrupted, clutter_root: str, tmp_path: Path
+) -> None:
+    reference, reference_dir, _ = uninterrupted
+    shutil.copy(reference_dir / CHECKPOINT_NAME, tmp_path / CHECKPOINT_NAME)
+    reports = Reports()
+    result = run_trial(clutter_config(clutter_root), reports, str(tmp_path))
+    assert reports.calls == []
+    assert result.history == reference.history
+    assert result.summary() == reference.summary()
+
+
+def test_checkpoint_of_another_trial_is_refused(
+    uninterrupted, clutter_root: str, tmp_path: Path
+) -> None:
+    _, reference_dir, _ = uninterrupted
+    shutil.copy(reference_dir / CHECKPOINT_NAME, tmp_path / CHECKPOINT_NAME)
+    with pytest.raises(ValueError, match=r"another trial: optim\.lr=0\.4 there, 0\.3 here"):
+        run_trial(clutter_config(clutter_root, **{"optim.lr": 0.3}), None, str(tmp_path))
+
+
+def test_non_finite_loss_raises_divergence_naming_epoch_and_step(clutter_root: str) -> None:
+    config = clutter_config(clutter_root, **TINY, **{"optim.lr": 1e30, "optim.warmup_epochs": 0})
+    with pytest.raises(
+        DivergenceError, match=r"diverged at epoch 1, step \d+ of 4: loss (nan|inf)"
+    ):
+        run_trial(config)
+
+
+def test_coupled_icr_trial_runs_end_to_end(clutter_root: str, tmp_path: Path) -> None:
+    config = clutter_config(
+        clutter_root,
+        **TINY,
+        **{
+            "model.block": "icr",
+            "model.recurrent_init": True,
+            "coupling.lam": 0.9,
+            "optim.epochs": 1,
+            "optim.lr": 0.1,
+        },
+    )
+    result = run_trial(config, checkpoint_dir=str(tmp_path))
+    assert_valid_result(result, epochs=1)
+    assert "spectral.v_conv2" in "".join(checkpoint(tmp_path)["model"])
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
+def test_torchvision_format_trial_runs_end_to_end(
+    dataset: str, dataset_writer, tmp_path: Path
+) -> None:
+    root = dataset_writer(dataset, tmp_path / "data", n_train=200, n_test=100)
+    config = TrialConfig.from_dict(
+        {
+            "data": {"dataset": dataset, "root": str(root)},
+            "model": {"width": 4, "blocks_per_stage": 2},
+            "optim": {"batch_size": 32, "epochs": 2, "lr": 0.2},
+            "run": {"device": "cpu", "extra_evaluations": 2},
+        }
+    )
+    result = run_trial(config)
+    assert_valid_result(result, epochs=2)
+    resnet = model_config(config)
+    assert resnet.in_channels == (3 if dataset == "cifar10" else 1)
+    assert result.metrics["parameters"] == parameter_count(resnet)
+
+
+def test_lr_schedule_warms_up_linearly_then_decays_as_a_cosine() -> None:
+    factors = [lr_factor(step, warmup_steps=4, total_steps=12) for step in range(12)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert factors[4] == 1.0
+    assert factors[8] == pytest.approx(0.5)
+    assert all(a > b for a, b in itertools.pairwise(factors[4:]))
+    assert 0 < factors[-1] < 0.05
+    assert lr_factor(0, warmup_steps=0, total_steps=10) == 1.0
+
+
+def test_cli_rejects_bad_overrides_with_exit_2(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["model.width=wide"])
+    assert exit_info.value.code == 2
+    assert "model.width='wide'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_device_without_cuda_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"run\.device='cuda': CUDA is not available"):
+        resolve_device("cuda")
+    assert resolve_device("auto") == torch.device("cpu")
