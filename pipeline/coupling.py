@@ -110,10 +110,10 @@ class GradientCoupler:
         full = mixing_matrix(num_blocks, self.coupling, kernel, bandwidth, first_coupled)
         self.mixing = full[first_coupled:, first_coupled:].contiguous()
         self._mixing_cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
-        # columns[c] = the parameters of coupled block first_coupled + c, in one fixed order
-        # (stage, position), so that row c of the [N, P] matrix is block c's gradients.
+        # rows[c] = the parameters of coupled block first_coupled + c in one fixed order
+        # (stage, position), so that row c of the stacked [N, P] gradients is that block's.
         coupled_blocks = [stage.blocks[first_coupled:] for stage in stages]
-        self.columns: list[list[nn.Parameter]] = [
+        self.rows: list[list[nn.Parameter]] = [
             [
                 blocks[c].get_parameter(name)
                 for blocks in coupled_blocks
@@ -131,17 +131,17 @@ class GradientCoupler:
     @torch.no_grad()
     def apply(self) -> None:
         """Replace each coupled block's gradient by its row of M times the stacked gradients."""
-        if self.coupling == 0.0 or len(self.columns) < 2:
+        if self.coupling == 0.0 or len(self.rows) < 2:
             return  # nothing to mix: leave every gradient bit-identical
-        if all(p.grad is None for row in self.columns for p in row):
+        if all(p.grad is None for row in self.rows for p in row):
             return
         # A missing gradient (a block unused in this step) counts as zero in the mean; the block
         # still receives its coupled gradient, so lam = 1 keeps all blocks identical.
-        for row in self.columns:
+        for row in self.rows:
             for p in row:
                 if p.grad is None and p.requires_grad:
                     p.grad = torch.zeros_like(p)
-        grads = [[p.grad for p in row if p.grad is not None] for row in self.columns]
+        grads = [[p.grad for p in row if p.grad is not None] for row in self.rows]
         if len({len(row) for row in grads}) != 1:
             raise ValueError("coupled blocks must all require gradients or all not")
         flat_grads = [g for row in grads for g in row]

@@ -20,7 +20,6 @@ ICR and PCR blocks use their stored power-iteration vectors as they are: call
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -35,6 +34,7 @@ from pipeline.tasks import Task
 CURVES = ("readout", "dropout", "extra")
 INDEX_NAMES = ("ci", "ri", "di")
 CURVE_COLUMNS = ("stage", "curve", "step", "error")
+MIN_SCALE = 1e-9  # smallest e_chance - e_final (errors are counts / examples, far coarser)
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 Key = tuple[int, str, int]  # (stage 0..2, curve, step)
@@ -69,14 +69,16 @@ def _evaluation(model: nn.Module) -> Iterator[None]:
             module.training = training
 
 
-def _check_arguments(model: nn.Module, extra_evaluations: int) -> int:
+def _check_arguments(model: nn.Module, extra_evaluations: int) -> tuple[ResNet, int]:
+    """Return the ResNet (unwrapped from torch.compile) and its N, or raise ValueError."""
+    model = getattr(model, "_orig_mod", model)
     if not isinstance(model, ResNet):
         raise ValueError(f"model of type {type(model).__name__}: perturbation curves need a ResNet")
     if isinstance(extra_evaluations, bool) or not isinstance(extra_evaluations, int):
         raise ValueError(f"extra_evaluations={extra_evaluations!r}: allowed is an integer >= 0")
     if extra_evaluations < 0:
         raise ValueError(f"extra_evaluations={extra_evaluations!r}: allowed is an integer >= 0")
-    return model.cfg.blocks_per_stage
+    return model, model.cfg.blocks_per_stage
 
 
 def _on_device(
@@ -104,7 +106,7 @@ def naive_perturbation_curves(
     model: ResNet, batches: Batches, task: Task, extra_evaluations: int = 16
 ) -> pd.DataFrame:
     """Return the perturbation curves by one full forward pass per perturbation (reference)."""
-    num_blocks = _check_arguments(model, extra_evaluations)
+    model, num_blocks = _check_arguments(model, extra_evaluations)
     device = next(model.parameters()).device
     schedules = perturbation_schedules(num_blocks, extra_evaluations)
     counts: dict[Key, torch.Tensor] = {}
@@ -168,22 +170,14 @@ def _count(counts: dict[Key, torch.Tensor], key: Key, wrong: torch.Tensor) -> No
     counts[key] = counts[key] + wrong if key in counts else wrong
 
 
-def _cached_forward(
-    model: ResNet, inputs: torch.Tensor
-) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
-    """Return each stage's input (after its transition) and the output of each of its blocks."""
-    stage_inputs, block_outputs = [], []
-    h = model.stem(inputs)
-    for s, stage in enumerate(model.stages):
-        x = model.transitions[s - 1](h) if s > 0 else h
-        outputs, z = [], x
-        for block in stage.blocks:
-            z = block(z, x)
-            outputs.append(z)
-        stage_inputs.append(x)
-        block_outputs.append(outputs)
-        h = z
-    return stage_inputs, block_outputs
+def _stage_pass(model: ResNet, s: int, h: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Return stage s's input (after its transition) and the output of each of its blocks."""
+    x = model.transitions[s - 1](h) if s > 0 else h
+    outputs, z = [], x
+    for block in model.stages[s].blocks:
+        z = block(z, x)
+        outputs.append(z)
+    return x, outputs
 
 
 def _dropout_states(
@@ -230,7 +224,7 @@ def perturbation_curves(
     max_branch_examples: int | None = None,
 ) -> pd.DataFrame:
     """Return the read-out, drop-out and extra-evaluation error curves of every stage."""
-    num_blocks = _check_arguments(model, extra_evaluations)
+    model, num_blocks = _check_arguments(model, extra_evaluations)
     device = next(model.parameters()).device
     if max_branch_examples is None:
         max_branch_examples = default_branch_examples(device)
@@ -244,23 +238,24 @@ def perturbation_curves(
         for batch in batches:
             inputs, targets = _on_device(batch, device)
             examples += len(inputs)
-            stage_inputs, block_outputs = _cached_forward(model, inputs)
-            final_wrong = task.wrong(model.forward_head(block_outputs[-1][-1]), targets).sum()
             group = max(1, max_branch_examples // len(inputs))
+            # Each stage's perturbations run as soon as its blocks have, so only one stage's
+            # block outputs (N states of the batch) are held at a time.
+            h = model.stem(inputs)
             for s, stage in enumerate(model.stages):
+                stage_input, outputs = _stage_pass(model, s, h)
+                pending = _BranchBatch(model, s, task, targets, counts, max_branch_examples)
+                _queue_branches(
+                    pending, stage.blocks, stage_input, outputs, extra_evaluations, group
+                )
+                pending.flush()
+                h = outputs[-1]
+                del stage_input, outputs
+            final_wrong = task.wrong(model.forward_head(h), targets).sum()
+            for s in range(NUM_STAGES):
                 # The unperturbed pass is r_s(N) and x_s(0) of every stage.
                 _count(counts, (s, "readout", num_blocks), final_wrong)
                 _count(counts, (s, "extra", 0), final_wrong)
-                pending = _BranchBatch(model, s, task, targets, counts, max_branch_examples)
-                _queue_branches(
-                    pending,
-                    stage.blocks,
-                    stage_inputs[s],
-                    block_outputs[s],
-                    extra_evaluations,
-                    group,
-                )
-                pending.flush()
     return _curves_frame(counts, examples, num_blocks, extra_evaluations)
 
 
@@ -306,17 +301,18 @@ def _stage_indices(
 ) -> tuple[float, float, float]:
     """Return (CI, RI, DI) of one stage by the formulas of DESIGN 5."""
     e_final = readout[-1]
-    scale = chance_error - e_final
-    if not scale > 0:
-        # A network at (or worse than) chance has no distance to normalise by: the indices
-        # are undefined, not 0 or 1.
-        return math.nan, math.nan, math.nan
+    # A network at (or worse than) chance leaves nothing to normalise by; the limit of
+    # e_chance - e_final -> 0+ is taken: any rise of the error above e_final counts as
+    # chance, anything else as none. The indices stay in [0, 1] but carry little meaning;
+    # analysis should compare e_final with chance before reading them.
+    scale = max(chance_error - e_final, MIN_SCALE)
 
     def normalised(errors: np.ndarray) -> np.ndarray:
         return np.clip((errors - e_final) / scale, 0.0, 1.0)
 
     def mean(values: np.ndarray) -> float:
-        return float(values.mean()) if len(values) else math.nan
+        # N = 1 leaves no early block and K = 0 no extra evaluation: nothing deviates.
+        return float(values.mean()) if len(values) else 0.0
 
     convergence = 1.0 - mean(normalised(readout[:-1]))
     recurrence = 1.0 - mean(np.clip(np.abs(dropout[:-1] - dropout[-1]) / scale, 0.0, 1.0))

@@ -356,6 +356,17 @@ def finish_trial(trial: Trial, history: list[dict[str, float]]) -> TrialResult:
     return TrialResult(trial.config, metrics, dict(indices), curves, history)
 
 
+def _epoch_line(metrics: dict[str, float], epochs: int) -> str:
+    """Return the one-line log of an epoch."""
+    m = metrics
+    return (
+        f"epoch {m['epoch']}/{epochs} train_loss {m['train_loss']:.4f} "
+        f"train_error {m['train_error']:.4f} test_loss {m['test_loss']:.4f} "
+        f"test_error {m['test_error']:.4f} lr {m['lr']:.4g} "
+        f"{m['images_per_second']:.0f} img/s {m['epoch_seconds']:.1f} s"
+    )
+
+
 def run_trial(
     config: TrialConfig, report: Report | None = None, checkpoint_dir: str | None = None
 ) -> TrialResult:
@@ -380,19 +391,7 @@ def run_trial(
         history.append(metrics)
         if path is not None:
             save_checkpoint(path, trial, history)
-        logger.info(
-            "epoch %d/%d train_loss %.4f train_error %.4f test_loss %.4f test_error %.4f "
-            "lr %.4g %.0f img/s %.1f s",
-            epoch,
-            config.optim.epochs,
-            metrics["train_loss"],
-            metrics["train_error"],
-            metrics["test_loss"],
-            metrics["test_error"],
-            metrics["lr"],
-            metrics["images_per_second"],
-            metrics["epoch_seconds"],
-        )
+        logger.info(_epoch_line(metrics, config.optim.epochs))
         if report is not None:
             report(dict(metrics), checkpoint_dir)
     return finish_trial(trial, history)

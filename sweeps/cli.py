@@ -39,6 +39,14 @@ def grid_summary_line(name: str) -> str:
     return (GRIDS[name].__doc__ or "").strip().splitlines()[0]
 
 
+def gpu_share_argument(text: str) -> dict[int, float]:
+    """Return the --gpu-share table, with argparse's error message on bad input."""
+    try:
+        return parse_gpu_share(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of `python sweeps/launch.py`."""
     grids = "\n".join(
@@ -84,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cluster.add_argument(
         "--gpu-share",
-        type=parse_gpu_share,
+        type=gpu_share_argument,
         default=dict(DEFAULT_GPU_SHARE),
         metavar="W=S,...",
         help="GPU fraction per trial by width, so small models share a GPU (default: "
@@ -97,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("ITERCONV_ACCELERATOR", "auto"),
         help="'auto': GPUs if the cluster has any when the sweep starts; 'gpu' on an "
         "autoscaling cluster whose GPU workers are not up yet (default: auto)",
+    )
+    cluster.add_argument(
+        "--checkpoint-interval",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="hand a trial's checkpoint to Tune (copy it to storage) at most every S seconds; "
+        "a retry resumes from the last one (default: 60)",
     )
     cluster.add_argument(
         "--max-failures",
@@ -182,6 +198,10 @@ def sweep_configs(args: argparse.Namespace) -> list[TrialConfig]:
             raise UsageError(f"--{name.replace('_', '-')}={value}: must be an integer >= 1")
     if args.max_failures < 0:
         raise UsageError(f"--max-failures={args.max_failures}: must be an integer >= 0")
+    if not args.checkpoint_interval >= 0:
+        raise UsageError(f"--checkpoint-interval={args.checkpoint_interval}: must be >= 0")
+    if not args.cpus_per_trial > 0:
+        raise UsageError(f"--cpus-per-trial={args.cpus_per_trial}: must be > 0")
     settings: dict[str, Any] = {
         "data.root": str(Path(args.data_root).expanduser().resolve()),
         "run.threads": max(1, math.ceil(args.cpus_per_trial)),
@@ -225,6 +245,7 @@ def tracking(args: argparse.Namespace, host: str) -> Iterator[str]:
     uri = args.tracking_uri
     if uri is not None and is_http_uri(uri):
         yield uri
+        print(f"browse the runs at {uri}", flush=True)
         return
     backend = uri or default_backend_store(args.storage)
     root = Path(args.storage).expanduser().resolve() if "://" not in args.storage else Path.cwd()
@@ -262,11 +283,15 @@ def ray_cluster(args: argparse.Namespace) -> Iterator[None]:
 
 def run_sweep(args: argparse.Namespace, configs: Sequence[TrialConfig], path: str) -> int:
     """Run (or resume) the sweep on Ray; return the exit status (0: every trial finished)."""
+    # Per-epoch checkpoints of many short trials make Tune warn about state snapshots.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     import ray
     from ray import tune
 
     from pipeline.tracking import close_unfinished_runs, ensure_experiment
     from sweeps.trainable import (
+        EXPERIMENT_KEY,
+        GRID_KEY,
         TRIAL_KEY,
         ProgressLines,
         SweepContext,
@@ -279,24 +304,28 @@ def run_sweep(args: argparse.Namespace, configs: Sequence[TrialConfig], path: st
     with tracking(args, host) as uri, ray_cluster(args):
         from mlflow import MlflowClient
 
-        experiment = args.experiment or args.grid
-        ensure_experiment(MlflowClient(uri), experiment)
         has_gpus = ray.cluster_resources().get("GPU", 0) > 0
         use_gpus = args.accelerator == "gpu" or (args.accelerator == "auto" and has_gpus)
         resources = Resources(args.gpu_share, args.cpus_per_trial, use_gpus)
-        trainable = make_trainable(SweepContext(args.grid, experiment, uri), resources)
-        print(
-            f"sweep {args.grid}: {len(configs)} trials on {'GPUs' if use_gpus else 'CPUs'}, "
-            f"results in {path}",
-            flush=True,
-        )
+        trainable = make_trainable(SweepContext(uri, args.checkpoint_interval), resources)
+        device = "GPUs" if use_gpus else "CPUs"
         if args.resume:
+            # Grid, overrides and experiment are those stored with the sweep.
+            print(f"resuming the sweep in {path} on {device}", flush=True)
             tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
         else:
+            experiment = args.experiment or args.grid
+            ensure_experiment(MlflowClient(uri), experiment)
+            print(f"sweep {args.grid}: {len(configs)} trials on {device}, in {path}", flush=True)
             storage, name = path.rsplit("/", 1)
+            trials = [c.to_flat_dict() for c in configs]
             tuner = tune.Tuner(
                 trainable,
-                param_space={TRIAL_KEY: tune.grid_search([c.to_flat_dict() for c in configs])},
+                param_space={
+                    TRIAL_KEY: tune.grid_search(trials),
+                    GRID_KEY: args.grid,
+                    EXPERIMENT_KEY: experiment,
+                },
                 tune_config=tune.TuneConfig(
                     max_concurrent_trials=args.max_concurrent,
                     trial_name_creator=trial_dirname,
@@ -314,6 +343,9 @@ def run_sweep(args: argparse.Namespace, configs: Sequence[TrialConfig], path: st
             )
         results = tuner.fit()
         trial_ids = [trial_id_of(r.path) for r in results]
+        experiment = (
+            (results[0].config or {}).get(EXPERIMENT_KEY, args.grid) if len(results) else args.grid
+        )
         finished = sum(1 for r in results if r.error is None and "final_test_error" in r.metrics)
         closed = close_unfinished_runs(uri, experiment, trial_ids)
     total = len(results)
@@ -332,7 +364,7 @@ def run_sweep(args: argparse.Namespace, configs: Sequence[TrialConfig], path: st
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line, check it, and run, resume or dry-run the sweep."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may follow options
     try:
         configs = sweep_configs(args)
         resources = Resources(args.gpu_share, args.cpus_per_trial, use_gpus=True)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,21 +20,25 @@ from pipeline.train import run_trial
 from sweeps.resources import Resources
 
 TRIAL_KEY = "trial"  # param_space key holding a trial's flat config
+# param_space keys of the sweep, the same in every trial: restored with it on --resume.
+GRID_KEY, EXPERIMENT_KEY = "grid", "experiment"
 TRAINABLE_NAME = "iterconv_trial"
 SCORES = ("final_test_error", "ci", "ri", "di")  # printed when a trial finishes
 
 
 @dataclass(frozen=True)
 class SweepContext:
-    """What every trial of a sweep needs besides its config (not part of the param space).
+    """What every trial needs from the launcher of this session (not in the param space).
 
     Kept out of the param space on purpose: a resumed sweep may log to a new tracking URI
     (the launcher's local server gets a new port) while the trials' configs stay the same.
     """
 
-    grid: str  # grid name (a tag of every run)
-    experiment: str  # MLflow experiment (default: the grid name)
     tracking_uri: str  # http(s) URI of the MLflow tracking server
+    # Seconds between checkpoints handed to Tune (copied to storage); the first and the last
+    # epoch always are. Every epoch's checkpoint would make Tune snapshot the whole sweep's
+    # state every few seconds with hundreds of short trials.
+    checkpoint_interval_s: float = 60.0
 
 
 def placement_tags() -> dict[str, str]:
@@ -46,25 +52,37 @@ def placement_tags() -> dict[str, str]:
     }
 
 
-def run_tracked_trial(flat_config: dict[str, Any], context: SweepContext) -> None:
+def run_tracked_trial(param: dict[str, Any], context: SweepContext) -> None:
     """Run one trial under Tune: resume from Tune's checkpoint, log to its MLflow run."""
-    config = TrialConfig.from_dict(flat_config)
+    config = TrialConfig.from_dict(param[TRIAL_KEY])
     trial_id = tune.get_context().get_trial_id()
     run = TrialRun.open(
-        context.tracking_uri, context.experiment, trial_id, config, context.grid, placement_tags()
+        context.tracking_uri,
+        param[EXPERIMENT_KEY],
+        trial_id,
+        config,
+        param[GRID_KEY],
+        placement_tags(),
     )
     workdir = tempfile.mkdtemp(prefix=f"iterconv-{trial_id}-")
+    last_saved = [-math.inf]  # monotonic time of the last checkpoint handed to Tune
     try:
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:
             checkpoint.to_directory(workdir)
 
         def report(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
-            # MLflow first: a crash between the two re-runs this epoch from the previous
-            # checkpoint (bit-for-bit), and log_epoch skips what is already logged.
+            # MLflow first: a crash before the next checkpoint re-runs these epochs from the
+            # last one (bit-for-bit), and log_epoch skips what is already logged.
             run.log_epoch(metrics)
-            saved = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-            tune.report(metrics, checkpoint=saved)
+            now = time.monotonic()
+            due = now - last_saved[0] >= context.checkpoint_interval_s
+            if checkpoint_dir is not None and (due or metrics["epoch"] == config.optim.epochs):
+                last_saved[0] = now
+                saved = tune.Checkpoint.from_directory(checkpoint_dir)
+                tune.report(metrics, checkpoint=saved)
+            else:
+                tune.report(metrics)
 
         result = run_trial(config, report=report, checkpoint_dir=workdir)
         run.finish(result)
@@ -80,7 +98,7 @@ def make_trainable(context: SweepContext, resources: Resources) -> Callable[[dic
     """Return the Tune function trainable of a sweep, with per-width resource requests."""
 
     def iterconv_trial(param: dict[str, Any]) -> None:
-        run_tracked_trial(param[TRIAL_KEY], context)
+        run_tracked_trial(param, context)
 
     def request(param: dict[str, Any]) -> tune.PlacementGroupFactory:
         width = param[TRIAL_KEY]["model.width"]
@@ -105,28 +123,25 @@ class ProgressLines(tune.Callback):
     """Print one line per trial event (start, retry, finish, error) instead of Tune's tables."""
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        """Print that a trial started (or restarted) and where it runs."""
-        self._print(trials, f"started  {trial}")
+        """Print that a trial started (or restarted)."""
+        self._print(trials, trial, f"started  {trial}")
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """Print that a trial failed and will be retried from its checkpoint."""
-        self._print(trials, f"retrying {trial} from its last checkpoint")
+        self._print(trials, trial, f"retrying {trial} from its last checkpoint")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """Print a finished trial's final error and indices."""
         result = trial.last_result or {}
-        scores = ", ".join(
-            f"{key} {result[key]:.3f}"
-            for key in ("final_test_error", "ci", "ri", "di")
-            if key in result
-        )
-        self._print(trials, f"finished {trial}: {scores}")
+        scores = ", ".join(f"{key} {result[key]:.3f}" for key in SCORES if key in result)
+        self._print(trials, trial, f"finished {trial}: {scores}", ended=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """Print a trial that failed for good, with where its error is stored."""
-        self._print(trials, f"FAILED   {trial}: see {trial.path}/error.txt")
+        self._print(trials, trial, f"FAILED   {trial}: see {trial.path}/error.txt", ended=True)
 
     @staticmethod
-    def _print(trials: list, message: str) -> None:
-        done = sum(1 for t in trials if t.status in ("TERMINATED", "ERROR"))
-        print(f"[{done}/{len(trials)}] {message}", flush=True)
+    def _print(trials: list, trial: Any, message: str, ended: bool = False) -> None:
+        # Tune updates the trial's status after the callbacks: count it by hand when it ends.
+        done = sum(1 for t in trials if t is not trial and t.status in ("TERMINATED", "ERROR"))
+        print(f"[{done + ended}/{len(trials)}] {message}", flush=True)

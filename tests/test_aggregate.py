@@ -13,12 +13,15 @@ import pandas as pd
 import pytest
 from conftest import write_cifar
 from mlflow.tracking import MlflowClient
+from mlflow_fixtures import mlflow_server
 
 from analysis import aggregate as aggregate_cli
 from analysis.collect import CURVE_COLUMNS, aggregate_to, read_tables
 from pipeline.config import TrialConfig
 from pipeline.tracking import TrialRun
 from pipeline.train import InjectedFault, run_trial
+
+__all__ = ["mlflow_server"]  # a fixture (a real `mlflow server` process) used below
 
 REPO = Path(__file__).resolve().parent.parent
 EXTRA = 3  # extra evaluations in the curves (small: keeps the trials quick)
@@ -265,3 +268,20 @@ def test_script_runs_from_the_repo_root(store: Store, tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert (out / "runs.parquet").exists() and (out / "curves.parquet").exists()
+
+
+@pytest.mark.slow
+def test_aggregates_from_a_real_mlflow_server(mlflow_server, tmp_path: Path) -> None:
+    # Served artifacts: curves.parquet and config.json travel over HTTP, as on a cluster.
+    data_root = write_cifar(tmp_path / "data", "cifar10", n_train=200, n_test=100)
+    grid = "aggregate-over-http"
+    finished = log_trial(mlflow_server.uri, grid, tiny_config(data_root), "http-1", "finished")
+    failed = log_trial(mlflow_server.uri, grid, tiny_config(data_root), "http-2", "failed")
+    out = tmp_path / "results"
+    result = aggregate_to(mlflow_server.uri, out, experiments=[grid], progress=False)
+    assert list(result.runs["run_id"]) == [finished]
+    assert result.runs["model.width"].dtype == "int64"  # typed from config.json
+    assert [s.run_id for s in result.skipped] == [failed]
+    assert len(result.curves) == 3 * (2 * BLOCKS + EXTRA + 1)
+    again = aggregate_to(mlflow_server.uri, out, experiments=[grid], progress=False)
+    assert (again.fetched, again.reused) == (0, 1)

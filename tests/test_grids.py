@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.config import TrialConfig
-from sweeps.cli import main
+from sweeps.cli import build_parser, main
 from sweeps.grids import (
     GRIDS,
     check_unique,
@@ -151,6 +151,26 @@ def test_cost_grows_with_width_and_epochs() -> None:
     assert gpu_hours(longer, resources) == pytest.approx(2 * gpu_hours(small, resources))
     report = format_dry_run("smoke", trial_configs("smoke"), resources)
     assert "grid smoke: 10 trials" in report and "GPU-hours" in report
+
+
+def test_help_documents_every_option() -> None:
+    parser = build_parser()
+    assert all(action.help for action in parser._actions), "an option without help"
+    text = parser.format_help()
+    for option in (
+        "--address",
+        "--storage",
+        "--tracking-uri",
+        "--data-root",
+        "--download",
+        "--seeds",
+        "--max-concurrent",
+        "--resume",
+        "--dry-run",
+        "--gpu-share",
+    ):
+        assert option in text
+    assert all(name in text for name in GRIDS)
 
 
 def test_dry_run_prints_counts_and_cost(capsys: pytest.CaptureFixture) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pandas as pd
 import pytest
 import torch
@@ -207,12 +205,28 @@ def test_hand_written_curves_give_hand_computed_indices():
     assert iteration_indices(shuffled, 0.9) == pytest.approx(indices, abs=1e-12)
 
 
-def test_network_at_chance_has_undefined_indices():
-    at_chance = {
-        s: {"readout": [0.9, 0.9], "dropout": [0.9, 0.9], "extra": [0.9, 0.9]} for s in (1, 2, 3)
-    }
-    indices = iteration_indices(curve_table(at_chance), 0.9)
-    assert all(math.isnan(v) for v in indices.values())
+def test_network_at_or_below_chance_takes_the_limit():
+    # e_chance - e_final <= 0: any error above e_final counts as chance, anything else as none.
+    curves = curve_table(
+        {
+            1: {"readout": [0.95, 0.9], "dropout": [0.9, 0.9], "extra": [0.9, 0.85, 0.92]},
+            2: {"readout": [0.9, 0.95], "dropout": [0.99, 0.95], "extra": [0.95, 0.95, 0.95]},
+            3: {"readout": [0.9, 0.9], "dropout": [0.9, 0.9], "extra": [0.9, 0.9, 0.9]},
+        }
+    )
+    indices = iteration_indices(curves, 0.9)
+    expected = {"ci": (0, 1, 1), "ri": (1, 0, 1), "di": (0.5, 0, 0)}
+    for name, values in expected.items():
+        for stage, value in enumerate(values, start=1):
+            assert indices[f"{name}_stage{stage}"] == value, (name, stage)
+        assert indices[name] == pytest.approx(sum(values) / 3)
+
+
+def test_single_block_and_no_extra_evaluations():
+    # No block before the last and no extra evaluation: nothing can deviate.
+    one = {"readout": [0.3], "dropout": [0.5], "extra": [0.3]}
+    indices = iteration_indices(curve_table({1: one, 2: one, 3: one}), 0.9)
+    assert (indices["ci"], indices["ri"], indices["di"]) == (1.0, 1.0, 0.0)
 
 
 def test_bad_curve_tables_raise():

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -106,6 +107,23 @@ def test_unreachable_tracking_server_starts_nothing(tmp_path: Path) -> None:
     assert f"tracking server {uri} is not reachable" in result.stderr
     assert not (tmp_path / "results").exists()
     assert time.monotonic() - start < 60  # no retries with back-off
+
+
+def test_launch_py_works_when_copied_alone(tmp_path: Path) -> None:
+    # What `ray submit` does: only this file travels; the project comes from the install.
+    alone = tmp_path / "launch.py"
+    shutil.copy(REPO / "sweeps" / "launch.py", alone)
+    result = subprocess.run(
+        [sys.executable, str(alone), "fig2", "--dry-run", "--seeds", "6"],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, explain(result)
+    assert "grid fig2: 6 trials" in result.stdout
+    assert list(tmp_path.iterdir()) == [alone]  # a dry run writes nothing
 
 
 def test_resume_without_a_sweep_is_refused(tmp_path: Path) -> None:
@@ -237,22 +255,25 @@ def test_two_node_cluster_places_trials_on_both_nodes(
     head += ["--include-dashboard=false", "--temp-dir", temp_dir]
     worker = ["--address", f"127.0.0.1:{port}", "--num-cpus", "1", "--num-gpus", "2"]
     experiment = "two-node"
-    with (
-        ray_node(head, env, tmp_path / "head.log"),
-        ray_node(worker, env, tmp_path / "worker.log"),
-    ):
-        result = launch(
-            "smoke",
-            *TINY,
-            "optim.epochs=1",
-            "--limit=4",
-            f"--address=127.0.0.1:{port}",
-            f"--tracking-uri={mlflow_server.uri}",
-            f"--experiment={experiment}",
-            f"--storage={tmp_path / 'results'}",
-            f"--data-root={sweep_data_root}",
-            env=env,
-        )
+    try:
+        with (
+            ray_node(head, env, tmp_path / "head.log"),
+            ray_node(worker, env, tmp_path / "worker.log"),
+        ):
+            result = launch(
+                "smoke",
+                *TINY,
+                "optim.epochs=1",
+                "--limit=4",
+                f"--address=127.0.0.1:{port}",
+                f"--tracking-uri={mlflow_server.uri}",
+                f"--experiment={experiment}",
+                f"--storage={tmp_path / 'results'}",
+                f"--data-root={sweep_data_root}",
+                env=env,
+            )
+    finally:
+        shutil.rmtree(temp_dir, ignore_errors=True)
     assert result.returncode == 0, explain(result)
     assert "4 trials on GPUs" in result.stdout
     runs = runs_of(MlflowClient(mlflow_server.uri), experiment)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import json
+import logging
 import math
 import shutil
 from pathlib import Path
@@ -46,6 +48,7 @@ FINAL_KEYS = {
 INDEX_KEYS = {f"{i}{s}" for i in ("ci", "ri", "di") for s in ("", "_stage1", "_stage2", "_stage3")}
 
 # Digitclutter-3, small enough for a loaded CPU; the cache is shared by every trial below.
+# A high learning rate learns fastest here: over seeds 0-3 the test error ends at 0.65-0.83.
 CLUTTER = {
     "data.dataset": "digitclutter-3",
     "data.clutter_train_images": 3000,
@@ -53,13 +56,30 @@ CLUTTER = {
     "data.index_examples": 200,
     "model.width": 8,
     "model.blocks_per_stage": 2,
+    "optim.batch_size": 32,
+    "optim.lr": 2.4,
+    "optim.epochs": 4,
+    "run.device": "cpu",
+    "run.extra_evaluations": 4,
+    # One thread: on a shared, loaded machine two threads can run ten times slower.
+    "run.threads": 1,
+}
+# For the mechanics (checkpoints, resume, failures), not for learning: 4 steps per epoch.
+TINY = {
+    "data.train_size": 256,
+    "data.index_examples": 100,
     "optim.batch_size": 64,
     "optim.lr": 0.4,
     "optim.epochs": 2,
-    "run.device": "cpu",
-    "run.extra_evaluations": 4,
 }
-TINY = {"data.train_size": 256, "data.index_examples": 100}  # for the mechanics, not learning
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _restore_threads():
+    """Give the rest of the test session back its torch thread count (run.threads sets it)."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +88,12 @@ def clutter_root(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(tmp_path_factory.mktemp("data"))
 
 
-def clutter_config(root: str, **updates: object) -> TrialConfig:
-    """Return the Digitclutter-3 trial config under root with flat-key updates."""
-    return TrialConfig.from_dict({**CLUTTER, "data.root": root, **updates})
+def clutter_config(root: str, *updates: dict) -> TrialConfig:
+    """Return the Digitclutter-3 trial config under root, flat-key updates applied in order."""
+    merged = {**CLUTTER, "data.root": root}
+    for update in updates:
+        merged.update(update)
+    return TrialConfig.from_dict(merged)
 
 
 class Reports:
@@ -112,22 +135,28 @@ def assert_valid_result(result: TrialResult, epochs: int) -> None:
 def uninterrupted(
     clutter_root: str, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[TrialResult, Path, Reports]:
-    """Return an uninterrupted 2-epoch Digitclutter-3 trial, its checkpoint dir and reports."""
+    """Return an uninterrupted 2-epoch tiny Digitclutter-3 trial, its checkpoint dir, reports."""
     directory = tmp_path_factory.mktemp("uninterrupted")
     reports = Reports()
-    result = run_trial(clutter_config(clutter_root), reports, str(directory))
+    result = run_trial(clutter_config(clutter_root, TINY), reports, str(directory))
     return result, directory, reports
 
 
-def test_digitclutter_trial_learns_reports_and_checkpoints(uninterrupted) -> None:
+def test_digitclutter_trial_learns(clutter_root: str) -> None:
+    result = run_trial(clutter_config(clutter_root))
+    assert_valid_result(result, epochs=CLUTTER["optim.epochs"])
+    assert task_for("digitclutter-3").chance_error == pytest.approx(1 - 1 / 120)
+    # Guessing gets 4 of 500 test images right (sd 2); 50 right is far beyond luck.
+    assert result.metrics["final_test_error"] < 0.9, result.history
+    # Predicting the base rate 3/10 for every digit gives a binary cross-entropy of H(0.3) = 0.61.
+    base_rate_loss = -(0.3 * math.log(0.3) + 0.7 * math.log(0.7))
+    assert result.metrics["final_test_loss"] < base_rate_loss - 0.1, result.history
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+def test_trial_reports_after_each_checkpoint(uninterrupted) -> None:
     result, directory, reports = uninterrupted
     assert_valid_result(result, epochs=2)
-    chance = task_for("digitclutter-3").chance_error  # 1 - 1/120
-    # Guessing gets 0.8% of 500 test images right (sd 0.4%); 3% right is > 5 sd above it.
-    assert result.metrics["final_test_error"] < chance - 0.022, result.history
-    # Predicting the base rate 3/10 for every digit gives a binary cross-entropy of H(0.3).
-    base_rate_loss = -(0.3 * math.log(0.3) + 0.7 * math.log(0.7))
-    assert result.metrics["final_test_loss"] < base_rate_loss - 0.02, result.history
     # One report per epoch, each after that epoch's checkpoint was written.
     assert [metrics for metrics, _, _ in reports.calls] == result.history
     assert [(d, e) for _, d, e in reports.calls] == [(str(directory), 1), (str(directory), 2)]
@@ -135,14 +164,14 @@ def test_digitclutter_trial_learns_reports_and_checkpoints(uninterrupted) -> Non
     assert not list(directory.glob("*.tmp"))
     # Warm-up to the peak lr (0.4 * 64/128) during epoch 1, cosine to ~0 at the end of epoch 2.
     assert result.history[0]["lr"] == pytest.approx(0.2)
-    assert result.history[1]["lr"] < 0.01
+    assert 0 < result.history[1]["lr"] < 0.1
 
 
 def test_resume_after_injected_fault_is_bit_identical(
     uninterrupted, clutter_root: str, tmp_path: Path
 ) -> None:
     reference, reference_dir, _ = uninterrupted
-    config = clutter_config(clutter_root, **{"run.fail_at_epoch": 2})
+    config = clutter_config(clutter_root, TINY, {"run.fail_at_epoch": 2})
     reports = Reports()
     with pytest.raises(InjectedFault, match=r"run\.fail_at_epoch=2"):
         run_trial(config, reports, str(tmp_path))
@@ -173,7 +202,7 @@ def test_checkpoint_at_the_last_epoch_goes_straight_to_the_indices(
     reference, reference_dir, _ = uninterrupted
     shutil.copy(reference_dir / CHECKPOINT_NAME, tmp_path / CHECKPOINT_NAME)
     reports = Reports()
-    result = run_trial(clutter_config(clutter_root), reports, str(tmp_path))
+    result = run_trial(clutter_config(clutter_root, TINY), reports, str(tmp_path))
     assert reports.calls == []
     assert result.history == reference.history
     assert result.summary() == reference.summary()
@@ -185,11 +214,11 @@ def test_checkpoint_of_another_trial_is_refused(
     _, reference_dir, _ = uninterrupted
     shutil.copy(reference_dir / CHECKPOINT_NAME, tmp_path / CHECKPOINT_NAME)
     with pytest.raises(ValueError, match=r"another trial: optim\.lr=0\.4 there, 0\.3 here"):
-        run_trial(clutter_config(clutter_root, **{"optim.lr": 0.3}), None, str(tmp_path))
+        run_trial(clutter_config(clutter_root, TINY, {"optim.lr": 0.3}), None, str(tmp_path))
 
 
 def test_non_finite_loss_raises_divergence_naming_epoch_and_step(clutter_root: str) -> None:
-    config = clutter_config(clutter_root, **TINY, **{"optim.lr": 1e30, "optim.warmup_epochs": 0})
+    config = clutter_config(clutter_root, TINY, {"optim.lr": 1e30, "optim.warmup_epochs": 0})
     with pytest.raises(
         DivergenceError, match=r"diverged at epoch 1, step \d+ of 4: loss (nan|inf)"
     ):
@@ -199,8 +228,8 @@ def test_non_finite_loss_raises_divergence_naming_epoch_and_step(clutter_root: s
 def test_coupled_icr_trial_runs_end_to_end(clutter_root: str, tmp_path: Path) -> None:
     config = clutter_config(
         clutter_root,
-        **TINY,
-        **{
+        TINY,
+        {
             "model.block": "icr",
             "model.recurrent_init": True,
             "coupling.lam": 0.9,
@@ -215,15 +244,20 @@ def test_coupled_icr_trial_runs_end_to_end(clutter_root: str, tmp_path: Path) ->
 
 @pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
 def test_torchvision_format_trial_runs_end_to_end(
-    dataset: str, dataset_writer, tmp_path: Path
+    dataset: str,
+    dataset_writer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="iterconv.train")
     root = dataset_writer(dataset, tmp_path / "data", n_train=200, n_test=100)
     config = TrialConfig.from_dict(
         {
             "data": {"dataset": dataset, "root": str(root)},
             "model": {"width": 4, "blocks_per_stage": 2},
             "optim": {"batch_size": 32, "epochs": 2, "lr": 0.2},
-            "run": {"device": "cpu", "extra_evaluations": 2},
+            "run": {"device": "cpu", "extra_evaluations": 2, "threads": 1},
         }
     )
     result = run_trial(config)
@@ -231,6 +265,31 @@ def test_torchvision_format_trial_runs_end_to_end(
     resnet = model_config(config)
     assert resnet.in_channels == (3 if dataset == "cifar10" else 1)
     assert result.metrics["parameters"] == parameter_count(resnet)
+    # Nothing printed; one log line per epoch.
+    assert capsys.readouterr() == ("", "")
+    lines = [r.getMessage() for r in caplog.records if r.name == "iterconv.train"]
+    assert [line.split()[:2] for line in lines] == [["epoch", "1/2"], ["epoch", "2/2"]]
+
+
+def test_cli_runs_a_trial_and_prints_its_summary(
+    dataset_writer, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    root = dataset_writer("mnist", tmp_path / "data", n_train=200, n_test=100)
+    overrides = [
+        "data.dataset=mnist",
+        f"data.root={root}",
+        "model.width=4",
+        "model.blocks_per_stage=2",
+        "optim.epochs=1",
+        "optim.batch_size=50",
+        "run.device='cpu'",
+        "run.threads=1",
+    ]
+    assert main([*overrides, "--checkpoint-dir", str(tmp_path / "run")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert set(summary) == FINAL_KEYS | INDEX_KEYS
+    assert summary["epochs"] == 1
+    assert (tmp_path / "run" / CHECKPOINT_NAME).exists()
 
 
 def test_lr_schedule_warms_up_linearly_then_decays_as_a_cosine() -> None:

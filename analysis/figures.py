@@ -1,0 +1,53 @@
+"""Draw the paper's figures from results/*.parquet into figures/ (PNG and PDF).
+
+Usage: python analysis/figures.py [--results results/] [--out figures/] [--only NAME ...] [--report]
+Figures: fig1 (toy problem, trained here), fig2, fig3, fig4, s1, s2, s3, s4, s5.
+--report also writes figures/summary.md (per condition mean +/- sd, beside the paper's values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a script: import the project package, not sibling files.
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+from analysis.paper_figures import ALL_FIGURES, draw_all
+from analysis.report import load_results, write_summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, draw the figures (and the summary); return the exit code."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default="results", help="directory of runs/curves.parquet")
+    parser.add_argument("--out", default="figures", help="directory for the figures")
+    parser.add_argument(
+        "--only", nargs="+", metavar="NAME", choices=ALL_FIGURES, help="draw only these figures"
+    )
+    parser.add_argument("--report", action="store_true", help="also write summary.md")
+    args = parser.parse_args(argv)
+    try:
+        runs, curves = load_results(args.results)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if runs is None:
+        print(f"no tables in {args.results}: only fig1 can be drawn", file=sys.stderr)
+    draw_all(runs, curves, args.out, args.only)
+    if args.report:
+        if runs is None:
+            print("skipped summary.md: no runs", file=sys.stderr)
+        else:
+            print(f"wrote {write_summary(runs, args.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
