@@ -3,8 +3,10 @@
     python benchmarks/indices.py                 # N=16, width 8, 256 examples, CPU
     python benchmarks/indices.py --device cuda --examples 2000
 
-Both ways compute the three curves of every stage of the same network on the same random
-examples; the script checks that they agree and prints both times and naive/cached.
+"naive" runs one full forward pass per perturbation; "cached" starts each perturbation from
+the unperturbed pass and, on a GPU, batches branches. Both compute the three curves of every
+stage of the same network on the same random examples; the script checks that they agree and
+prints both times (wall and, on a CPU, this process's CPU time) and naive/cached.
 """
 
 from __future__ import annotations
@@ -90,12 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         f"perturbation curves: N={args.blocks} width={args.width} block={args.block} "
         f"examples={args.examples} batch={args.batch_size} K={args.extra} device={device}"
     )
-    print(
-        f"naive  (one forward per perturbation):     {naive_wall:8.2f} s  (CPU {naive_cpu:.2f} s)"
-    )
-    print(
-        f"cached (shared prefixes, batched branches): {cached_wall:8.2f} s  (CPU {cached_cpu:.2f} s)"
-    )
+    for name, wall, cpu in (("naive", naive_wall, naive_cpu), ("cached", cached_wall, cached_cpu)):
+        print(f"{name:>6}: {wall:8.2f} s wall, {cpu:8.2f} s CPU")
     print(f"ratio naive/cached: {naive_wall / cached_wall:.2f}x")
     if device.type == "cpu":
         # On a shared machine the process's own CPU time is less disturbed by other load.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -88,7 +89,9 @@ def run_tracked_trial(param: dict[str, Any], context: SweepContext) -> None:
         run.finish(result)
         tune.report({**result.summary(), "mlflow_run_id": run.run_id})
     except Exception as error:
-        run.fail(error)
+        # Keep the trial's own error if MLflow cannot be told (Tune reports and retries it).
+        with contextlib.suppress(Exception):
+            run.fail(error)
         raise
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -97,17 +97,18 @@ def clutter_config(root: str, *updates: dict) -> TrialConfig:
 
 
 class Reports:
-    """A report callback that records each call and the checkpoint it points to."""
+    """A report callback that records each call and the checkpoint epoch it points to."""
 
-    def __init__(self) -> None:
+    def __init__(self, copy_after_epoch_1: Path | None = None) -> None:
         self.calls: list[tuple[dict[str, float], str | None, int | None]] = []
+        self.copy_after_epoch_1 = copy_after_epoch_1  # where to copy epoch 1's checkpoint
 
     def __call__(self, metrics: dict[str, float], checkpoint_dir: str | None) -> None:
         saved_epoch = None
         if checkpoint_dir is not None:
-            saved_epoch = torch.load(Path(checkpoint_dir) / CHECKPOINT_NAME, weights_only=False)[
-                "epoch"
-            ]
+            saved_epoch = checkpoint(Path(checkpoint_dir))["epoch"]
+            if self.copy_after_epoch_1 is not None and metrics["epoch"] == 1:
+                shutil.copy(Path(checkpoint_dir) / CHECKPOINT_NAME, self.copy_after_epoch_1)
         self.calls.append((metrics, checkpoint_dir, saved_epoch))
 
 
@@ -135,11 +136,27 @@ def assert_valid_result(result: TrialResult, epochs: int) -> None:
 def uninterrupted(
     clutter_root: str, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[TrialResult, Path, Reports]:
-    """Return an uninterrupted 2-epoch tiny Digitclutter-3 trial, its checkpoint dir, reports."""
+    """Return an uninterrupted 2-epoch tiny Digitclutter-3 trial, its checkpoint dir, reports.
+
+    The reports keep a copy of the epoch-1 checkpoint as `<dir>/epoch1/checkpoint.pt`.
+    """
     directory = tmp_path_factory.mktemp("uninterrupted")
-    reports = Reports()
+    (directory / "epoch1").mkdir()
+    reports = Reports(copy_after_epoch_1=directory / "epoch1" / CHECKPOINT_NAME)
     result = run_trial(clutter_config(clutter_root, TINY), reports, str(directory))
     return result, directory, reports
+
+
+def assert_same_training_state(directory: Path, reference_dir: Path) -> None:
+    """Check that two final checkpoints hold bit-identical weights and optimiser state."""
+    final, expected = checkpoint(directory), checkpoint(reference_dir)
+    assert final["epoch"] == expected["epoch"]
+    for name, tensor in expected["model"].items():
+        assert torch.equal(final["model"][name], tensor), name
+    for key, state in expected["optimizer"]["state"].items():
+        buffer = final["optimizer"]["state"][key]["momentum_buffer"]
+        assert torch.equal(buffer, state["momentum_buffer"]), key
+    assert final["scheduler"] == expected["scheduler"]
 
 
 def test_digitclutter_trial_learns(clutter_root: str) -> None:
@@ -180,20 +197,28 @@ def test_resume_after_injected_fault_is_bit_identical(
     # The retry resumes from epoch 1, so the fault is not raised again.
     resumed = run_trial(config, reports, str(tmp_path))
     assert [m["epoch"] for m, _, _ in reports.calls] == [1, 2]
-    final, expected = checkpoint(tmp_path), checkpoint(reference_dir)
-    for name, tensor in expected["model"].items():
-        assert torch.equal(final["model"][name], tensor), name
-    for key, state in expected["optimizer"]["state"].items():
-        assert torch.equal(
-            final["optimizer"]["state"][key]["momentum_buffer"], state["momentum_buffer"]
-        )
-    assert final["scheduler"] == expected["scheduler"]
+    assert_same_training_state(tmp_path, reference_dir)
     losses = ("train_loss", "train_error", "test_loss", "test_error", "lr")
     assert [[h[k] for k in losses] for h in resumed.history] == [
         [h[k] for k in losses] for h in reference.history
     ]
     assert resumed.indices == reference.indices
     pd.testing.assert_frame_equal(resumed.curves, reference.curves)
+
+
+def test_resume_from_a_copied_epoch_1_checkpoint_is_bit_identical(
+    uninterrupted, clutter_root: str, tmp_path: Path
+) -> None:
+    reference, reference_dir, _ = uninterrupted
+    shutil.copy(reference_dir / "epoch1" / CHECKPOINT_NAME, tmp_path / CHECKPOINT_NAME)
+    assert checkpoint(tmp_path)["epoch"] == 1
+    reports = Reports()
+    resumed = run_trial(clutter_config(clutter_root, TINY), reports, str(tmp_path))
+    assert [m["epoch"] for m, _, _ in reports.calls] == [2]
+    assert_same_training_state(tmp_path, reference_dir)
+    assert resumed.history[0] == reference.history[0]  # restored, timings included
+    assert resumed.summary()["final_test_error"] == reference.summary()["final_test_error"]
+    assert resumed.indices == reference.indices
 
 
 def test_checkpoint_at_the_last_epoch_goes_straight_to_the_indices(
