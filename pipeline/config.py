@@ -5,11 +5,14 @@ from __future__ import annotations
 import ast
 import dataclasses
 import math
+import numbers
 import types
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from models import BLOCK_TYPES, ResNetConfig
 from pipeline.coupling import KERNELS
@@ -103,20 +106,21 @@ def _type_names(allowed: tuple[type, ...]) -> str:
 
 
 def _coerce(key: str, value: Any, allowed: tuple[type, ...]) -> Any:
-    """Return value checked against the field's types (an int becomes a float for floats)."""
+    """Return value as the field's Python type (ints pass as floats, NumPy scalars as Python)."""
     if value is None and type(None) in allowed:
         return None
-    if isinstance(value, bool):
-        ok = bool in allowed
-    elif isinstance(value, int) and float in allowed and int not in allowed:
+    if isinstance(value, bool | np.bool_):
+        if bool in allowed:
+            return bool(value)
+    elif isinstance(value, numbers.Integral) and (int in allowed or float in allowed):
+        return int(value) if int in allowed else float(value)
+    elif isinstance(value, numbers.Real) and float in allowed:
         return float(value)
-    else:
-        ok = any(t not in (bool, type(None)) and type(value) is t for t in allowed)
-    if not ok:
-        raise ValueError(
-            f"{key}={value!r}: expected {_type_names(allowed)}, got {type(value).__name__}"
-        )
-    return value
+    elif isinstance(value, str) and str in allowed:
+        return str(value)
+    raise ValueError(
+        f"{key}={value!r}: expected {_type_names(allowed)}, got {type(value).__name__}"
+    )
 
 
 def _flatten(d: Mapping[str, Any]) -> dict[str, Any]:

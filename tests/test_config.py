@@ -6,6 +6,7 @@ import dataclasses
 import json
 import re
 
+import numpy as np
 import pytest
 
 from models import BLOCK_TYPES, ResNetConfig
@@ -266,3 +267,24 @@ def test_model_config_for_every_dataset(dataset: str) -> None:
     assert resnet.num_classes == TASKS[dataset].num_classes
     assert (resnet.width, resnet.block, resnet.mu) == (8, "icr", 0.9)
     assert model_config(config) == resnet
+
+
+def test_numpy_scalars_become_python_values() -> None:
+    # Configs read back from Parquet or pandas carry NumPy scalars.
+    config = TrialConfig.from_dict(
+        {
+            "model.width": np.int64(8),
+            "coupling.lam": np.float64(0.5),
+            "optim.lr": np.int32(1),
+            "model.recurrent_init": np.bool_(True),
+        }
+    )
+    flat = config.to_flat_dict()
+    assert [type(flat[k]) for k in ("model.width", "coupling.lam", "optim.lr")] == [
+        int,
+        float,
+        float,
+    ]
+    assert flat["model.recurrent_init"] is True
+    with pytest.raises(ValueError, match=r"model\.width=.*8\.0.*: expected int, got float64"):
+        TrialConfig.from_dict({"model.width": np.float64(8.0)})
