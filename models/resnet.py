@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.spectral import SpectralBound, batchnorm_scale
+from models.spectral import SpectralBound, batchnorm_scale, batchnorm_with_scale
 
 BLOCK_TYPES = ("ordinary", "icr", "pcr")
 NUM_STAGES = 3
@@ -86,22 +86,21 @@ class ResidualBlock(nn.Module):
 
     def residual(self, z: torch.Tensor) -> torch.Tensor:
         """Return f(z), or f~(z) = f(z) / max(L^/mu, 1) for a normalised block."""
-        h1 = self.bn1(z)
-        h = self.conv1(F.relu(h1))
-        h2 = self.bn2(h)
-        f = self.conv2(F.relu(h2))
         if self.spectral is None:
-            return f
-        return f / self._correction(z, h)
+            h = self.conv1(F.relu(self.bn1(z)))
+            return self.conv2(F.relu(self.bn2(h)))
+        h1, s1 = batchnorm_with_scale(self.bn1, z)
+        h = self.conv1(F.relu(h1))
+        h2, s2 = batchnorm_with_scale(self.bn2, h)
+        f = self.conv2(F.relu(h2))
+        return f / self.correction(s1, s2, z.shape[-1])
 
-    def _correction(self, z: torch.Tensor, conv1_out: torch.Tensor) -> torch.Tensor:
+    def correction(self, s1: torch.Tensor, s2: torch.Tensor, spatial_size: int) -> torch.Tensor:
         """Return c = max(L^/mu, 1) (the paper prints mu/L^, a typo: DESIGN 4)."""
         assert self.spectral is not None
-        if z.shape[-1] != self.spectral.v_conv2.shape[-1]:
-            self.spectral._resize(z.shape[-1])
-        with torch.autocast(z.device.type, enabled=False):
-            s1 = batchnorm_scale(self.bn1, z)
-            s2 = batchnorm_scale(self.bn2, conv1_out)
+        if spatial_size != self.spectral.v_conv2.shape[-1]:
+            self.spectral._resize(spatial_size)
+        with torch.autocast(s1.device.type, enabled=False):
             if self.training:
                 # One power-iteration step per training step; the vectors drift slowly
                 # with the weights, so one step keeps the estimate tight.
@@ -122,7 +121,7 @@ class ResidualBlock(nn.Module):
 
     def _scales(self) -> tuple[torch.Tensor, torch.Tensor]:
         # Outside a forward pass only the running statistics are at hand.
-        return batchnorm_scale(self.bn1, None), batchnorm_scale(self.bn2, None)
+        return batchnorm_scale(self.bn1), batchnorm_scale(self.bn2)
 
     def lipschitz_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the current estimates (||Conv2||_2, ||BN2 . Conv1 . BN1||_2)."""

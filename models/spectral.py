@@ -16,15 +16,29 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def batchnorm_scale(bn: nn.BatchNorm2d, inputs: torch.Tensor | None) -> torch.Tensor:
-    """Return the per-channel factor gamma / sqrt(var + eps) that BN applies to its input."""
+def batchnorm_scale(bn: nn.BatchNorm2d) -> torch.Tensor:
+    """Return gamma / sqrt(running_var + eps): the per-channel scale BN applies in evaluation."""
+    return bn.weight.float() / torch.sqrt(bn.running_var + bn.eps)
+
+
+def batchnorm_with_scale(
+    bn: nn.BatchNorm2d, inputs: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return BN(inputs) and the per-channel scale gamma / sqrt(var + eps) it applied."""
     # The shift of BN does not enter a Jacobian; only this diagonal scale does. In training
     # the forward pass normalises with the batch variance, so the bound must use it too.
-    if bn.training and inputs is not None:
-        var = inputs.float().var(dim=(0, 2, 3), unbiased=False)
-    else:
-        var = bn.running_var
-    return bn.weight.float() / torch.sqrt(var + bn.eps)
+    # native_batch_norm hands back the batch's 1/sqrt(var + eps) it computed anyway: a
+    # separate variance pass costs three times BN's own forward on the CPU.
+    if not bn.training:
+        return bn(inputs), batchnorm_scale(bn)
+    bn.num_batches_tracked.add_(1)
+    momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+    out, _, inverse_std = torch.native_batch_norm(
+        inputs, bn.weight, bn.bias, bn.running_mean, bn.running_var, True, momentum, bn.eps
+    )
+    # The batch statistics, like the power-iteration vectors, are constants of the bound:
+    # its gradient flows through gamma and the convolution weights.
+    return out, bn.weight.float() * inverse_std.detach().float()
 
 
 def _normalise(v: torch.Tensor) -> torch.Tensor:

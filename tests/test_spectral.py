@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from models import ResNetConfig, build_model, converge_power_iteration
 from models.resnet import ResidualBlock, Stage
+from models.spectral import batchnorm_with_scale
 
 MU = 0.95
 
@@ -95,16 +96,32 @@ def test_gradient_flows_through_correction() -> None:
     block = _random_block(2, 6, 6)
     block.train()
     z = torch.randn(8, 2, 6, 6)
+    block.power_iterate(50)
+    vectors = {k: v.clone() for k, v in block.spectral.state_dict().items()}
+    stats = {k: v.clone() for k, v in block.state_dict().items() if "running" in k}
     block.residual(z).sum().backward()
     with_correction = block.conv1.weight.grad.clone()
-    # Same step with c held constant: the gradients must differ.
+    # The same step with c held constant must give a different gradient.
     block.zero_grad()
-    for module in (block.bn1, block.bn2):
-        module.momentum = 0.0  # keep running stats so both passes see the same block
-    c = block._correction(z, block.conv1(F.relu(block.bn1(z)))).detach()
-    f = block.conv2(F.relu(block.bn2(block.conv1(F.relu(block.bn1(z))))))
+    block.spectral.load_state_dict(vectors)
+    block.load_state_dict(stats, strict=False)
+    h = block.conv1(F.relu(block.bn1(z)))
+    f = block.conv2(F.relu(block.bn2(h)))
+    s1 = block.bn1.weight / torch.sqrt(z.var(dim=(0, 2, 3), unbiased=False) + block.bn1.eps)
+    s2 = block.bn2.weight / torch.sqrt(h.var(dim=(0, 2, 3), unbiased=False) + block.bn2.eps)
+    c = block.correction(s1, s2, 6).detach()
+    assert float(c) > 1.0
     (f / c).sum().backward()
     assert not torch.allclose(with_correction, block.conv1.weight.grad)
+
+
+def test_training_bound_uses_batch_statistics() -> None:
+    block = _random_block(2, 6, 9)
+    block.train()
+    z = 3.0 * torch.randn(16, 2, 6, 6) + 1.0
+    _, scale = batchnorm_with_scale(block.bn1, z)
+    expected = block.bn1.weight / torch.sqrt(z.var(dim=(0, 2, 3), unbiased=False) + 1e-5)
+    assert torch.allclose(scale, expected, rtol=1e-5)
 
 
 def test_pcr_stage_converges_geometrically() -> None:
