@@ -17,11 +17,12 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: $(STAMP)
-	$(PY) sweeps/launch.py smoke --storage $(CURDIR)/ray_results --data-root $(CURDIR)/data
+	@# A second `make demo` continues (or just re-reads) the sweep already in ray_results/.
+	$(PY) sweeps/launch.py smoke $$(test -f ray_results/smoke/tuner.pkl && echo --resume)
 	$(PY) analysis/aggregate.py --tracking-uri sqlite:///$(CURDIR)/ray_results/mlflow.db --out results
 	$(PY) analysis/figures.py --results results --out figures --report
-	@echo "figures: $(CURDIR)/figures   summary: $(CURDIR)/figures/summary.md"
-	@echo "MLflow runs: $(PY) -m mlflow ui --backend-store-uri sqlite:///$(CURDIR)/ray_results/mlflow.db"
+	@echo "figures: $(CURDIR)/figures (summary: figures/summary.md)"
+	@echo "MLflow runs: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/ray_results/mlflow.db --artifacts-destination $(CURDIR)/ray_results/mlartifacts"
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -1,6 +1,7 @@
 """Aggregate MLflow runs into results/runs.parquet and results/curves.parquet.
 
 Usage: python analysis/aggregate.py [--tracking-uri URI] [--experiment GRID ...] [--out results/]
+       [--artifacts-destination DIR]
 Incremental: runs already in the tables with the same end time are not fetched again.
 Schemas: analysis/collect.py.
 """
@@ -35,11 +36,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", default="results", help="directory of the Parquet files")
     parser.add_argument("--workers", type=int, default=8, help="parallel artifact downloads")
+    parser.add_argument(
+        "--artifacts-destination",
+        default=None,
+        metavar="DIR",
+        help="folder where the sweep's mlflow server stored artifacts, to read them without "
+        "a server (default: mlartifacts/ beside a sqlite:/// store, if it exists)",
+    )
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error(f"--workers {args.workers}: must be >= 1")
     try:
-        result = aggregate_to(args.tracking_uri, args.out, args.experiment, workers=args.workers)
+        result = aggregate_to(
+            args.tracking_uri,
+            args.out,
+            args.experiment,
+            workers=args.workers,
+            artifacts_destination=args.artifacts_destination,
+        )
     except (ValueError, MlflowException) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -32,6 +32,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import pandas as pd
 from mlflow.entities import Run, ViewType
@@ -133,16 +134,59 @@ def flatten_config(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def fetch_run(client: MlflowClient, run: Run, experiment: str) -> tuple[dict, pd.DataFrame]:
+@dataclasses.dataclass(frozen=True)
+class ArtifactReader:
+    """Reads a run's artifacts through MLflow, or from a served store's folder on this disk."""
+
+    client: MlflowClient
+    # The `--artifacts-destination` of the `mlflow server` that stored them: a run logged
+    # through a server has `mlflow-artifacts:` URIs, which only a server can resolve, so
+    # reading its SQLite store directly needs this folder.
+    served_root: Path | None = None
+
+    def _local(self, run: Run) -> Path | None:
+        uri = run.info.artifact_uri or ""
+        if self.served_root is None or not uri.startswith("mlflow-artifacts:"):
+            return None
+        return self.served_root / urlparse(uri).path.lstrip("/")
+
+    def names(self, run: Run) -> set[str]:
+        """Return the names of the run's top-level artifacts."""
+        local = self._local(run)
+        if local is not None:
+            return {p.name for p in local.iterdir()} if local.is_dir() else set()
+        return {f.path for f in self.client.list_artifacts(run.info.run_id)}
+
+    def download(self, run: Run, name: str, tmp: str) -> str:
+        """Return a local path of the artifact `name`."""
+        local = self._local(run)
+        if local is not None:
+            return str(local / name)
+        return self.client.download_artifacts(run.info.run_id, name, tmp)
+
+
+def served_artifacts_beside(tracking_uri: str | None) -> Path | None:
+    """Return the `mlartifacts` folder beside a SQLite store, where the launcher serves them."""
+    if not tracking_uri or not tracking_uri.startswith("sqlite:///"):
+        return None
+    folder = Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts"
+    return folder if folder.is_dir() else None
+
+
+def fetch_run(reader: ArtifactReader, run: Run, experiment: str) -> tuple[dict, pd.DataFrame]:
     """Return (record, curves) of a finished run, downloading its artifacts; CorruptRunError."""
     info, data = run.info, run.data
     with tempfile.TemporaryDirectory(prefix="iterconv-aggregate-") as tmp:
-        names = {f.path for f in client.list_artifacts(info.run_id)}
-        config = _read_config(client, info.run_id, tmp) if CONFIG_ARTIFACT in names else {}
+        names = reader.names(run)
+        config = (
+            _read_config(reader.download(run, CONFIG_ARTIFACT, tmp))
+            if CONFIG_ARTIFACT in names
+            else {}
+        )
         if CURVES_ARTIFACT in names:
-            curves = _read_curves(client, info.run_id, tmp)
+            curves = _read_curves(reader.download(run, CURVES_ARTIFACT, tmp))
         else:
-            curves = _curves_from_metrics(client, run)
+            curves = _curves_from_metrics(reader.client, run)
     params = {k: parse_param(v) for k, v in data.params.items() if k not in config}
     metrics = {
         k: float(v) for k, v in data.metrics.items() if not k.startswith(CURVE_METRIC_PREFIX)
@@ -165,8 +209,7 @@ def fetch_run(client: MlflowClient, run: Run, experiment: str) -> tuple[dict, pd
     return record, curves
 
 
-def _read_config(client: MlflowClient, run_id: str, tmp: str) -> dict[str, Any]:
-    path = client.download_artifacts(run_id, CONFIG_ARTIFACT, tmp)
+def _read_config(path: str) -> dict[str, Any]:
     try:
         nested = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -176,8 +219,7 @@ def _read_config(client: MlflowClient, run_id: str, tmp: str) -> dict[str, Any]:
     return flatten_config(nested)
 
 
-def _read_curves(client: MlflowClient, run_id: str, tmp: str) -> pd.DataFrame:
-    path = client.download_artifacts(run_id, CURVES_ARTIFACT, tmp)
+def _read_curves(path: str) -> pd.DataFrame:
     try:
         frame = pd.read_parquet(path)
     except Exception as error:  # pyarrow raises several types on a damaged file
@@ -228,7 +270,7 @@ def _timestamp(milliseconds: int | None) -> pd.Timestamp | None:
 
 
 def aggregate(
-    client: MlflowClient,
+    reader: ArtifactReader,
     experiments: Sequence[str] | None = None,
     previous: tuple[pd.DataFrame, pd.DataFrame] | None = None,
     workers: int = 8,
@@ -238,6 +280,7 @@ def aggregate(
     """Return the tables of all finished runs, reusing unchanged rows of `previous`."""
     # Our own progress bar counts runs; MLflow's would print one bar per artifact.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    client = reader.client
     chosen = select_experiments(client, experiments)
     old_runs, old_curves = previous if previous is not None else (None, None)
     old = _old_records(old_runs, old_curves)
@@ -256,7 +299,7 @@ def aggregate(
             reused += 1
         else:
             to_fetch.append((run, name))
-    fetched = _fetch_all(client, to_fetch, workers, progress)
+    fetched = _fetch_all(reader, to_fetch, workers, progress)
     for (run, name), outcome in zip(to_fetch, fetched, strict=True):
         if isinstance(outcome, CorruptRunError):
             skipped.append(SkippedRun(run.info.run_id, run.info.run_name or "", name, str(outcome)))
@@ -287,11 +330,11 @@ def _stderr(message: str) -> None:
 
 
 def _fetch_all(
-    client: MlflowClient, todo: list[tuple[Run, str]], workers: int, progress: bool
+    reader: ArtifactReader, todo: list[tuple[Run, str]], workers: int, progress: bool
 ) -> list[tuple[dict, pd.DataFrame] | CorruptRunError]:
     def one(item: tuple[Run, str]) -> tuple[dict, pd.DataFrame] | CorruptRunError:
         try:
-            return fetch_run(client, *item)
+            return fetch_run(reader, *item)
         except CorruptRunError as error:
             return error
 
@@ -453,10 +496,12 @@ def aggregate_to(
     experiments: Sequence[str] | None = None,
     workers: int = 8,
     progress: bool = True,
+    artifacts_destination: str | os.PathLike | None = None,
 ) -> Aggregation:
     """Aggregate the tracking store into `out`, reusing what `out` already holds."""
-    client = MlflowClient(tracking_uri=tracking_uri)
+    served = artifacts_destination or served_artifacts_beside(tracking_uri)
+    reader = ArtifactReader(MlflowClient(tracking_uri=tracking_uri), served and Path(served))
     previous = read_tables(out)
-    result = aggregate(client, experiments, previous, workers=workers, progress=progress)
+    result = aggregate(reader, experiments, previous, workers=workers, progress=progress)
     write_tables(result, out)
     return result

@@ -90,7 +90,7 @@ def test_smoke_gives_every_figure_something_to_draw() -> None:
     assert {c.data.dataset for c in configs} == {"digitclutter-3"}
     assert {c.model.width for c in configs} == {8}
     assert all(2 <= c.model.blocks_per_stage <= 4 for c in configs)
-    assert all(c.optim.epochs <= 2 and c.data.clutter_train_images <= 5000 for c in configs)
+    assert all(c.optim.epochs <= 4 and c.data.clutter_train_images <= 5000 for c in configs)
     assert {c.model.block for c in configs} == {"ordinary", "icr", "pcr"}
     assert {c.model.recurrent_init for c in configs} == {False, True}
     assert {0.0, 1.0} <= {c.coupling.lam for c in configs}
