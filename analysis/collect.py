@@ -36,6 +36,7 @@ from urllib.parse import urlparse
 
 import pandas as pd
 from mlflow.entities import Run, ViewType
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from tqdm import tqdm
 
@@ -151,18 +152,32 @@ class ArtifactReader:
         return self.served_root / urlparse(uri).path.lstrip("/")
 
     def names(self, run: Run) -> set[str]:
-        """Return the names of the run's top-level artifacts."""
+        """Return the names of the run's top-level artifacts (CorruptRunError if unreadable)."""
         local = self._local(run)
         if local is not None:
             return {p.name for p in local.iterdir()} if local.is_dir() else set()
-        return {f.path for f in self.client.list_artifacts(run.info.run_id)}
+        try:
+            return {f.path for f in self.client.list_artifacts(run.info.run_id)}
+        except (MlflowException, OSError) as error:
+            raise CorruptRunError(self._unreadable(run, error)) from error
 
     def download(self, run: Run, name: str, tmp: str) -> str:
-        """Return a local path of the artifact `name`."""
+        """Return a local path of the artifact `name` (CorruptRunError if unreadable)."""
         local = self._local(run)
         if local is not None:
             return str(local / name)
-        return self.client.download_artifacts(run.info.run_id, name, tmp)
+        try:
+            return self.client.download_artifacts(run.info.run_id, name, tmp)
+        except (MlflowException, OSError) as error:
+            raise CorruptRunError(self._unreadable(run, error)) from error
+
+    @staticmethod
+    def _unreadable(run: Run, error: Exception) -> str:
+        hint = ""
+        if (run.info.artifact_uri or "").startswith("mlflow-artifacts:"):
+            hint = "; pass the server's folder as --artifacts-destination, or its http:// URI"
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return f"artifacts at {run.info.artifact_uri} unreadable ({first_line}){hint}"
 
 
 def served_artifacts_beside(tracking_uri: str | None) -> Path | None:

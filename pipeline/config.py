@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import math
 import numbers
 import types
@@ -93,8 +94,11 @@ SECTIONS: dict[str, type] = {
 }
 
 
+@functools.cache
 def _allowed_types(section: type, name: str) -> tuple[type, ...]:
     """Return the types a field accepts, from its annotation (None included if Optional)."""
+    # Cached: resolving the string annotations is most of the cost of building a config, and
+    # a paper-scale grid builds about a thousand.
     hint = typing.get_type_hints(section)[name]
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         return tuple(type(None) if arg is type(None) else arg for arg in typing.get_args(hint))

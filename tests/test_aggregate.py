@@ -285,3 +285,26 @@ def test_aggregates_from_a_real_mlflow_server(mlflow_server, tmp_path: Path) -> 
     assert len(result.curves) == 3 * (2 * BLOCKS + EXTRA + 1)
     again = aggregate_to(mlflow_server.uri, out, experiments=[grid], progress=False)
     assert (again.fetched, again.reused) == (0, 1)
+
+
+@pytest.mark.slow
+def test_served_artifacts_are_read_from_disk_without_the_server(
+    mlflow_server, tmp_path: Path
+) -> None:
+    # What `make demo` does: the sweep logged through a server, the aggregation reads its
+    # SQLite store and artifact folder directly, after the server is gone.
+    data_root = write_cifar(tmp_path / "data", "cifar10", n_train=200, n_test=100)
+    grid = "aggregate-from-disk"
+    finished = log_trial(mlflow_server.uri, grid, tiny_config(data_root), "disk-1", "finished")
+    over_http = aggregate_to(mlflow_server.uri, tmp_path / "http", [grid], progress=False)
+    store = mlflow_server.backend_store_uri
+    served = Path(store.removeprefix("sqlite:///")).parent / "artifacts"
+    from_disk = aggregate_to(
+        store, tmp_path / "disk", [grid], progress=False, artifacts_destination=served
+    )
+    assert list(from_disk.runs["run_id"]) == [finished]
+    pd.testing.assert_frame_equal(from_disk.curves, over_http.curves)
+    assert from_disk.runs["model.width"].dtype == "int64"  # config.json was read
+    # Without the folder the artifacts cannot be resolved: reported and skipped, no crash.
+    blind = aggregate_to(store, tmp_path / "blind", [grid], progress=False)
+    assert [s.run_id for s in blind.skipped] == [finished]
