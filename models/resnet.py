@@ -320,16 +320,3 @@ def parameter_count(cfg: ResNetConfig) -> int:
     c = 4 * w
     count += 2 * c + c * cfg.num_classes + cfg.num_classes  # head BN and linear
     return count
-
-
-__all__ = [
-    "BLOCK_TYPES",
-    "ResNet",
-    "ResNetConfig",
-    "ResidualBlock",
-    "Stage",
-    "build_model",
-    "converge_power_iteration",
-    "normalised_blocks",
-    "parameter_count",
-]
