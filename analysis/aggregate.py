@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -19,6 +21,18 @@ if __package__ in (None, ""):
 from mlflow.exceptions import MlflowException
 
 from analysis.collect import aggregate_to
+
+
+def unreachable(uri: str, timeout: float = 5.0) -> str | None:
+    """Return why the server at `uri` does not answer its /health check, or None."""
+    # MLflow's client retries a dead server for minutes; ask once, quickly, first.
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+            return None
+    except urllib.error.HTTPError:
+        return None  # it answered, e.g. 401 from a server with basic auth
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        return str(getattr(error, "reason", error))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error(f"--workers {args.workers}: must be >= 1")
+    if args.tracking_uri and args.tracking_uri.startswith(("http://", "https://")):
+        problem = unreachable(args.tracking_uri)
+        if problem:
+            print(
+                f"error: tracking server {args.tracking_uri} is not reachable ({problem})",
+                file=sys.stderr,
+            )
+            return 2
     try:
         result = aggregate_to(
             args.tracking_uri,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -254,6 +255,19 @@ def test_cli_reports_skips_on_stderr_and_rejects_unknown_experiment(
     code = aggregate_cli.main(["--tracking-uri", store.uri, "--experiment", "nope"])
     assert code == 2
     assert "unknown experiment(s) ['nope']" in capsys.readouterr().err
+
+
+def test_unreachable_server_is_one_clear_error_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, never listening: connections are refused
+        out = tmp_path / "results"
+        code = aggregate_cli.main(["--tracking-uri", f"http://127.0.0.1:{port}", "--out", str(out)])
+    assert code == 2
+    assert f"http://127.0.0.1:{port} is not reachable" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_script_runs_from_the_repo_root(store: Store, tmp_path: Path) -> None:
