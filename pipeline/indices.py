@@ -20,6 +20,7 @@ ICR and PCR blocks use their stored power-iteration vectors as they are: call
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -34,7 +35,6 @@ from pipeline.tasks import Task
 CURVES = ("readout", "dropout", "extra")
 INDEX_NAMES = ("ci", "ri", "di")
 CURVE_COLUMNS = ("stage", "curve", "step", "error")
-MIN_SCALE = 1e-9  # smallest e_chance - e_final (errors are counts / examples, far coarser)
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 Key = tuple[int, str, int]  # (stage 0..2, curve, step)
@@ -301,11 +301,12 @@ def _stage_indices(
 ) -> tuple[float, float, float]:
     """Return (CI, RI, DI) of one stage by the formulas of DESIGN 5."""
     e_final = readout[-1]
-    # A network at (or worse than) chance leaves nothing to normalise by; the limit of
-    # e_chance - e_final -> 0+ is taken: any rise of the error above e_final counts as
-    # chance, anything else as none. The indices stay in [0, 1] but carry little meaning;
-    # analysis should compare e_final with chance before reading them.
-    scale = max(chance_error - e_final, MIN_SCALE)
+    if e_final >= chance_error:
+        # A network no better than chance leaves no distance to normalise by: its indices
+        # are undefined. Any finite stand-in would read as "perfectly convergent" (nothing
+        # can rise above chance), so they are NaN and analysis leaves such runs out.
+        return math.nan, math.nan, math.nan
+    scale = chance_error - e_final
 
     def normalised(errors: np.ndarray) -> np.ndarray:
         return np.clip((errors - e_final) / scale, 0.0, 1.0)

@@ -341,6 +341,10 @@ def run_sweep(args: argparse.Namespace, configs: Sequence[TrialConfig], path: st
                     callbacks=[ProgressLines()],
                 ),
             )
+        if not args.verbose:
+            # Tune's new console output prints its banner and tables even at verbose=0; the
+            # classic reporter honours it, and ProgressLines prints one line per trial event.
+            os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         results = tuner.fit()
         trial_ids = [trial_id_of(r.path) for r in results]
         experiment = (
