@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -21,18 +19,7 @@ if __package__ in (None, ""):
 from mlflow.exceptions import MlflowException
 
 from analysis.collect import aggregate_to
-
-
-def unreachable(uri: str, timeout: float = 5.0) -> str | None:
-    """Return why the server at `uri` does not answer its /health check, or None."""
-    # MLflow's client retries a dead server for minutes; ask once, quickly, first.
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
-            return None
-    except urllib.error.HTTPError:
-        return None  # it answered, e.g. 401 from a server with basic auth
-    except (urllib.error.URLError, OSError, ValueError) as error:
-        return str(getattr(error, "reason", error))
+from pipeline.tracking import server_problem
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers < 1:
         parser.error(f"--workers {args.workers}: must be >= 1")
     if args.tracking_uri and args.tracking_uri.startswith(("http://", "https://")):
-        problem = unreachable(args.tracking_uri)
+        problem = server_problem(args.tracking_uri)
         if problem:
             print(
                 f"error: tracking server {args.tracking_uri} is not reachable ({problem})",

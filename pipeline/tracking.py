@@ -10,6 +10,8 @@ import platform
 import socket
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -275,3 +277,17 @@ def _is_number(value: Any) -> bool:
 def _now_ms() -> int:
     """Return the wall time in milliseconds, MLflow's timestamp unit."""
     return int(time.time() * 1000)
+
+
+def server_problem(uri: str, timeout: float = 5.0) -> str | None:
+    """Return why the tracking server at `uri` fails its /health check, or None if it answers."""
+    # MLflow's client retries a dead server for minutes; callers ask once, quickly, first.
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            status = response.status
+    except urllib.error.HTTPError as error:
+        status = error.code  # it answered: e.g. 401 from a server with basic auth
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        return str(getattr(error, "reason", error))
+    return f"{url} answered HTTP {status}" if status >= 500 else None

@@ -11,10 +11,10 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from pipeline.tracking import server_problem
 
 PR_SET_PDEATHSIG = 1  # Linux prctl: signal the server if the launcher dies
 HEALTH_TIMEOUT_S = 5.0
@@ -38,20 +38,12 @@ def is_http_uri(uri: str) -> bool:
 
 def check_reachable(uri: str, timeout: float = HEALTH_TIMEOUT_S) -> None:
     """Raise TrackingUnreachableError unless the server at `uri` answers its /health check."""
-    url = uri.rstrip("/") + "/health"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            status = response.status
-    except urllib.error.HTTPError as error:
-        status = error.code  # it answered: e.g. 401 from a server with basic auth
-    except (urllib.error.URLError, OSError, ValueError) as error:
-        reason = getattr(error, "reason", error)
+    problem = server_problem(uri, timeout)
+    if problem is not None:
         raise TrackingUnreachableError(
-            f"tracking server {uri} is not reachable ({reason}); start it (docker/compose.yaml) "
+            f"tracking server {uri} is not reachable ({problem}); start it (docker/compose.yaml) "
             "or omit --tracking-uri to use a local one"
-        ) from None
-    if status >= 500:
-        raise TrackingUnreachableError(f"tracking server {uri} answered {url} with HTTP {status}")
+        )
 
 
 @dataclass
