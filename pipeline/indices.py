@@ -228,9 +228,11 @@ def perturbation_curves(
     device = next(model.parameters()).device
     if max_branch_examples is None:
         max_branch_examples = default_branch_examples(device)
-    if isinstance(max_branch_examples, bool) or not isinstance(max_branch_examples, int):
-        raise ValueError(f"max_branch_examples={max_branch_examples!r}: allowed is an int >= 1")
-    if max_branch_examples < 1:
+    if (
+        isinstance(max_branch_examples, bool)
+        or not isinstance(max_branch_examples, int)
+        or max_branch_examples < 1
+    ):
         raise ValueError(f"max_branch_examples={max_branch_examples!r}: allowed is an int >= 1")
     counts: dict[Key, torch.Tensor] = {}
     examples = 0

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import gzip
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 CIFAR_LAYOUT = {
     "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch"),
@@ -99,6 +100,15 @@ def write_dataset(
     if name == "mnist":
         return write_mnist(root, n_train, n_test, seed)
     return write_cifar(root, name, n_train, n_test, seed)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Run a test on one torch thread: tiny networks lose more to thread start-up than they gain."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

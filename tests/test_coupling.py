@@ -8,14 +8,7 @@ import torch
 from models import BLOCK_TYPES, ResNetConfig, build_model
 from pipeline.coupling import BLOCK_PARAMETERS, GradientCoupler, coupling_kernel, mixing_matrix
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # These networks are tiny; on a shared machine thread start-up costs more than it saves.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(blocks: int = 3, block: str = "ordinary", recurrent_init: bool = False):

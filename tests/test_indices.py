@@ -21,13 +21,7 @@ from pipeline.tasks import task_for
 EXTRA = 3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # These networks are tiny; on a shared machine thread start-up costs more than it saves.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def trained_statistics_model(block: str, blocks: int = 3, num_classes: int = 10):
