@@ -1,0 +1,90 @@
+"""The paper's words, defined once: datasets, widths, couplings, blocks, variants, curves, indices.
+
+Torch-free and at the bottom of the project, so models/, pipeline/, sweeps/ and analysis/ all
+import their names and labels from here and never spell them again.
+"""
+
+from __future__ import annotations
+
+# Datasets (DESIGN 6). Digitclutter-n images hold n distinct digits.
+DIGITCLUTTER_DIGITS = (3, 4, 5)
+DIGITCLUTTER = tuple(f"digitclutter-{n}" for n in DIGITCLUTTER_DIGITS)
+DATASETS = ("cifar10", "cifar100", "mnist", *DIGITCLUTTER)
+# The order of the paper's panels: its main datasets first.
+DATASET_ORDER = ("cifar10", "digitclutter-5", "digitclutter-4", "digitclutter-3", "cifar100", "mnist")
+DATASET_LABELS = {
+    "cifar10": "CIFAR-10",
+    "cifar100": "CIFAR-100",
+    "mnist": "MNIST",
+    **{name: f"Digitclutter-{n}" for name, n in zip(DIGITCLUTTER, DIGITCLUTTER_DIGITS, strict=True)},
+}
+# MNIST and Digitclutter are grey; CIFAR is RGB.
+INPUT_CHANNELS = {name: 3 if name.startswith("cifar") else 1 for name in DATASETS}
+# Training images of the torchvision datasets (Digitclutter's size is a config value).
+TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "mnist": 60_000}
+
+# The network (DESIGN 2, 4).
+WIDTHS = (8, 16, 32, 64)  # channels of stage 1 in the paper's grid
+BLOCK_TYPES = ("ordinary", "icr", "pcr")  # z + f(z), z + f~(z), x + f~(z)
+CONVERGENT_BLOCKS = ("icr", "pcr")  # spectrally normalised: improperly / properly convergent
+BLOCK_LABELS = {"ordinary": "ordinary", "icr": "ICR", "pcr": "PCR"}
+
+# Soft gradient coupling (DESIGN 3).
+COUPLINGS = (0.0, 0.5, 0.9, 1.0)  # lambda of the recurrently initialised variants
+KERNELS = ("uniform", "triangular")
+
+# Where a trial runs.
+DEVICES = ("auto", "cpu", "cuda")
+
+# Perturbation curves and iteration indices (DESIGN 5).
+CURVES = ("readout", "dropout", "extra")
+CURVE_COLUMNS = ("stage", "curve", "step", "error")
+INDEX_NAMES = ("ci", "ri", "di")
+INDEX_LABELS = {"ci": "Convergence Index", "ri": "Recurrence Index", "di": "Divergence Index"}
+
+# Conditions of a run, in the paper's words (Fig 3: "rec.: recurrent; non-rec.: non-recurrent").
+NONREC = "non-rec."
+REC = "rec."
+STANDARD = "standard"  # the training variation of a run with none of S4's changes
+FULL = "full"  # the training size of a run on the whole training split
+
+
+def variant_label(recurrent_init: bool, coupling: float) -> str:
+    """Return the initialisation and coupling: "non-rec.", "rec. 0.9" or "non-rec. 0.5"."""
+    if recurrent_init:
+        return f"{REC} {coupling:g}"
+    return NONREC if coupling == 0 else f"{NONREC} {coupling:g}"
+
+
+def variant_slug(recurrent_init: bool, coupling: float) -> str:
+    """Return the variant label without spaces and dots, for names: "nonrec", "rec0.9"."""
+    label = variant_label(recurrent_init, coupling)
+    return label.replace(NONREC, "nonrec").replace(REC, "rec").replace(" ", "")
+
+
+def variant_order(label: str) -> tuple[int, float]:
+    """Return the sort key of a variant label: non-recurrent first, then by coupling."""
+    recurrent = label.startswith(REC)
+    rest = label.removeprefix(REC).removeprefix(NONREC).strip()
+    return (int(recurrent), float(rest) if rest else 0.0)
+
+
+# The five initialisation/coupling variants of the paper's design, in its order.
+PAPER_VARIANTS = (variant_label(False, 0.0), *(variant_label(True, lam) for lam in COUPLINGS))
+
+
+def variation_label(bn_gamma_init: float, kernel: str, first_coupled: int) -> str:
+    """Return the training variation (paper S4): standard, BN γ 0.1, triangular kernel, ..."""
+    parts = []
+    if bn_gamma_init != 1.0:
+        parts.append(f"BN γ {bn_gamma_init:g}")
+    if kernel != "uniform":
+        parts.append(f"{kernel} kernel")
+    if first_coupled > 0:
+        parts.append(f"first {first_coupled} uncoupled")
+    return ", ".join(parts) or STANDARD
+
+
+def dataset_label(name: str) -> str:
+    """Return the paper's spelling of a dataset name (CIFAR-10, Digitclutter-5, ...)."""
+    return DATASET_LABELS.get(name, name)
