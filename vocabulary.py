@@ -11,12 +11,21 @@ DIGITCLUTTER_DIGITS = (3, 4, 5)
 DIGITCLUTTER = tuple(f"digitclutter-{n}" for n in DIGITCLUTTER_DIGITS)
 DATASETS = ("cifar10", "cifar100", "mnist", *DIGITCLUTTER)
 # The order of the paper's panels: its main datasets first.
-DATASET_ORDER = ("cifar10", "digitclutter-5", "digitclutter-4", "digitclutter-3", "cifar100", "mnist")
+DATASET_ORDER = (
+    "cifar10",
+    "digitclutter-5",
+    "digitclutter-4",
+    "digitclutter-3",
+    "cifar100",
+    "mnist",
+)
 DATASET_LABELS = {
     "cifar10": "CIFAR-10",
     "cifar100": "CIFAR-100",
     "mnist": "MNIST",
-    **{name: f"Digitclutter-{n}" for name, n in zip(DIGITCLUTTER, DIGITCLUTTER_DIGITS, strict=True)},
+    **{
+        name: f"Digitclutter-{n}" for name, n in zip(DIGITCLUTTER, DIGITCLUTTER_DIGITS, strict=True)
+    },
 }
 # MNIST and Digitclutter are grey; CIFAR is RGB.
 INPUT_CHANNELS = {name: 3 if name.startswith("cifar") else 1 for name in DATASETS}

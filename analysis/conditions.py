@@ -1,4 +1,4 @@
-"""Conditions of a run in the paper's words: variant (non-rec. / rec. lambda), block, variation."""
+"""Each run's conditions in the paper's words (vocabulary.py), and their orders and notes."""
 
 from __future__ import annotations
 
@@ -6,31 +6,22 @@ from collections.abc import Iterable, Sequence
 
 import pandas as pd
 
-# The paper's design (Results; DESIGN 8): what each figure expects to find.
-PAPER_WIDTHS = (8, 16, 32, 64)
-PAPER_COUPLINGS = (0.0, 0.5, 0.9, 1.0)
-PAPER_VARIANTS = ("non-rec.", *(f"rec. {lam:g}" for lam in PAPER_COUPLINGS))
-DATASET_ORDER = (
-    "cifar10",
-    "digitclutter-5",
-    "digitclutter-4",
-    "digitclutter-3",
-    "cifar100",
-    "mnist",
+from vocabulary import (
+    BLOCK_LABELS,
+    DATASET_ORDER,
+    FULL,
+    INDEX_LABELS,
+    INDEX_NAMES,
+    PAPER_VARIANTS,
+    STANDARD,
+    dataset_label,
+    variant_label,
+    variant_order,
+    variation_label,
 )
-DATASET_LABELS = {
-    "cifar10": "CIFAR-10",
-    "cifar100": "CIFAR-100",
-    "mnist": "MNIST",
-    "digitclutter-3": "Digitclutter-3",
-    "digitclutter-4": "Digitclutter-4",
-    "digitclutter-5": "Digitclutter-5",
-}
-BLOCK_LABELS = {"ordinary": "ordinary", "icr": "ICR", "pcr": "PCR"}
-STANDARD = "standard"
-FULL = "full"
-INDEX_NAMES = ("ci", "ri", "di")
-INDEX_LABELS = {"ci": "Convergence Index", "ri": "Recurrence Index", "di": "Divergence Index"}
+from vocabulary import COUPLINGS as PAPER_COUPLINGS
+from vocabulary import WIDTHS as PAPER_WIDTHS
+
 REQUIRED = (
     "run_id",
     "data.dataset",
@@ -40,32 +31,6 @@ REQUIRED = (
     "coupling.lam",
     "final_test_error",
 )
-
-
-def variant_label(recurrent_init: bool, lam: float) -> str:
-    """Return "non-rec." (non-recurrent init, lambda 0), "rec. lambda", or "non-rec. lambda"."""
-    if recurrent_init:
-        return f"rec. {lam:g}"
-    return "non-rec." if lam == 0 else f"non-rec. {lam:g}"
-
-
-def variant_key(label: str) -> tuple[int, float]:
-    """Return the sort key of a variant label: non-recurrent first, then by coupling."""
-    recurrent = label.startswith("rec.")
-    rest = label.removeprefix("rec.").removeprefix("non-rec.").strip()
-    return (int(recurrent), float(rest) if rest else 0.0)
-
-
-def variation_label(bn_gamma_init: float, kernel: str, first_coupled: int) -> str:
-    """Return the training variation (paper S4): standard, BN gamma 0.1, triangular, ..."""
-    parts = []
-    if bn_gamma_init != 1.0:
-        parts.append(f"BN γ {bn_gamma_init:g}")
-    if kernel != "uniform":
-        parts.append(f"{kernel} kernel")
-    if first_coupled > 0:
-        parts.append(f"first {first_coupled} uncoupled")
-    return ", ".join(parts) or STANDARD
 
 
 def train_size_label(train_size: object) -> str:
@@ -107,7 +72,7 @@ def with_conditions(runs: pd.DataFrame) -> pd.DataFrame:
 
 def ordered_variants(labels: Iterable[str]) -> list[str]:
     """Return the distinct variant labels in the paper's order (non-rec., rec. 0, ..., rec. 1)."""
-    return sorted(set(labels), key=variant_key)
+    return sorted(set(labels), key=variant_order)
 
 
 def ordered_datasets(names: Iterable[str]) -> list[str]:
@@ -124,11 +89,6 @@ def ordered_train_sizes(labels: Iterable[str]) -> list[str]:
     return numbers + ([FULL] if FULL in labels else [])
 
 
-def dataset_label(name: str) -> str:
-    """Return the paper's spelling of a dataset name (CIFAR-10, Digitclutter-5, ...)."""
-    return DATASET_LABELS.get(name, name)
-
-
 def missing_note(expected: dict[str, Sequence[object]], present: dict[str, Iterable]) -> str:
     """Return "missing: width 32, 64; rec. 0.9" for expected levels absent, or ""."""
     parts = []
@@ -142,3 +102,25 @@ def missing_note(expected: dict[str, Sequence[object]], present: dict[str, Itera
         )
         parts.append(shown if name in ("variant", "dataset") else f"{name} {shown}")
     return "missing: " + "; ".join(parts) if parts else ""
+
+
+__all__ = [
+    "BLOCK_LABELS",
+    "FULL",
+    "INDEX_LABELS",
+    "INDEX_NAMES",
+    "PAPER_COUPLINGS",
+    "PAPER_VARIANTS",
+    "PAPER_WIDTHS",
+    "STANDARD",
+    "dataset_label",
+    "missing_note",
+    "ordered_datasets",
+    "ordered_train_sizes",
+    "ordered_variants",
+    "train_size_label",
+    "variant_label",
+    "variant_order",
+    "variation_label",
+    "with_conditions",
+]

@@ -12,7 +12,7 @@ from analysis.conditions import (
     DATASET_ORDER,
     dataset_label,
     ordered_train_sizes,
-    variant_key,
+    variant_order,
     with_conditions,
 )
 from analysis.paper_values import PAPER_VALUES, PaperValue
@@ -51,7 +51,7 @@ def condition_summary(runs: pd.DataFrame) -> pd.DataFrame:
         key=lambda s: {
             "dataset": lambda v: v.map(lambda d: (rank.get(d, len(rank)), d)),
             "train_size": lambda v: v.map(sizes),
-            "variant": lambda v: v.map(variant_key),
+            "variant": lambda v: v.map(variant_order),
         }.get(s.name, lambda v: v)(s),
     )
     return table.reset_index(drop=True)

@@ -1,7 +1,7 @@
 """ResNets whose stages run block schedules: ordinary, ICR and PCR blocks."""
 
 from models.resnet import (
-    BLOCK_TYPES,
+    IMAGE_SIZE,
     ResidualBlock,
     ResNet,
     ResNetConfig,
@@ -13,7 +13,7 @@ from models.resnet import (
 )
 
 __all__ = [
-    "BLOCK_TYPES",
+    "IMAGE_SIZE",
     "ResNet",
     "ResNetConfig",
     "ResidualBlock",

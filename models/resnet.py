@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -9,53 +10,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.checked import Checked
 from models.spectral import SpectralBound, batchnorm_scale, batchnorm_with_scale
+from vocabulary import BLOCK_TYPES, CONVERGENT_BLOCKS
 
-BLOCK_TYPES = ("ordinary", "icr", "pcr")
 NUM_STAGES = 3
+IMAGE_SIZE = 32  # input height = width in pixels (MNIST is padded to 32)
 
 
 @dataclass(frozen=True)
-class ResNetConfig:
-    """Architecture of one ResNet; every perturbation is a schedule, not a new config."""
+class ResNetConfig(Checked):
+    """The network of one trial; every perturbation is a schedule, not a new config."""
 
-    in_channels: int = 3  # input image channels
-    num_classes: int = 10  # outputs of the linear read-out
-    width: int = 16  # channels of the first stage; stages use width, 2*width, 4*width
-    blocks_per_stage: int = 16  # N residual blocks in each of the three stages
-    block: str = "ordinary"  # "ordinary" z+f(z), "icr" z+f~(z), "pcr" x+f~(z)
-    mu: float = 0.95  # Lipschitz cap of f~ for ICR and PCR blocks
+    SECTION = "model"
+
+    width: int = 16  # channels of stage 1; stages 2 and 3 use 2x and 4x
+    blocks_per_stage: int = 16  # N residual blocks per stage
+    block: str = "ordinary"  # "ordinary" z + f(z), "icr" z + f~(z), "pcr" x + f~(z)
+    mu: float = 0.95  # Lipschitz cap of f~ for ICR and PCR blocks, in (0, 1]
     recurrent_init: bool = False  # every block of a stage starts as a copy of block 0
     bn_gamma_init: float = 1.0  # initial BN gamma inside the blocks (paper S4a: 0.1)
-    image_size: int = 32  # input height = width in pixels
 
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
+    def check(self) -> None:
         """Raise ValueError naming the first field whose value is not allowed."""
-        positive = ("in_channels", "num_classes", "width", "blocks_per_stage", "image_size")
-        for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"ResNetConfig.{name}={value!r}: must be an integer >= 1")
-        if self.num_classes < 2:
-            raise ValueError(f"ResNetConfig.num_classes={self.num_classes!r}: must be >= 2")
-        if self.block not in BLOCK_TYPES:
-            raise ValueError(f"ResNetConfig.block={self.block!r}: allowed are {BLOCK_TYPES}")
-        if not (isinstance(self.mu, int | float) and 0 < self.mu <= 1):
-            raise ValueError(f"ResNetConfig.mu={self.mu!r}: must be a number in (0, 1]")
-        if not isinstance(self.recurrent_init, bool):
-            raise ValueError(
-                f"ResNetConfig.recurrent_init={self.recurrent_init!r}: must be True or False"
-            )
-        if not (isinstance(self.bn_gamma_init, int | float) and self.bn_gamma_init > 0):
-            raise ValueError(f"ResNetConfig.bn_gamma_init={self.bn_gamma_init!r}: must be > 0")
-        if self.image_size % 4 != 0:
-            raise ValueError(
-                f"ResNetConfig.image_size={self.image_size!r}: must be divisible by 4 "
-                "(two stride-2 transitions)"
-            )
+        self.require_positive("width", "blocks_per_stage")
+        self.require("block", self.block in BLOCK_TYPES, f"allowed are {BLOCK_TYPES}")
+        self.require("mu", 0 < self.mu <= 1, "must be in (0, 1]")
+        gamma_ok = math.isfinite(self.bn_gamma_init) and self.bn_gamma_init > 0
+        self.require("bn_gamma_init", gamma_ok, "must be a finite number > 0")
 
 
 def _conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -155,7 +137,7 @@ class Stage(nn.Module):
             ResidualBlock(
                 channels,
                 spatial_size,
-                normalised=block in ("icr", "pcr"),
+                normalised=block in CONVERGENT_BLOCKS,
                 proper=block == "pcr",
                 mu=mu,
             )
@@ -208,18 +190,18 @@ class Head(nn.Module):
 class ResNet(nn.Module):
     """stem -> stage 0 -> transition -> stage 1 -> transition -> stage 2 -> head."""
 
-    def __init__(self, cfg: ResNetConfig) -> None:
+    def __init__(self, cfg: ResNetConfig, in_channels: int = 3, num_classes: int = 10) -> None:
         super().__init__()
         self.cfg = cfg
         widths = [cfg.width * 2**s for s in range(NUM_STAGES)]
-        sizes = [cfg.image_size // 2**s for s in range(NUM_STAGES)]
-        self.stem = _conv3x3(cfg.in_channels, cfg.width)
+        sizes = [IMAGE_SIZE // 2**s for s in range(NUM_STAGES)]
+        self.stem = _conv3x3(in_channels, cfg.width)
         self.stages = nn.ModuleList(
             Stage(w, size, cfg.blocks_per_stage, cfg.block, cfg.mu)
             for w, size in zip(widths, sizes, strict=True)
         )
         self.transitions = nn.ModuleList(Transition(w) for w in widths[:-1])
-        self.head = Head(widths[-1], cfg.num_classes)
+        self.head = Head(widths[-1], num_classes)
         self._initialise()
 
     def _initialise(self) -> None:
@@ -276,9 +258,9 @@ class ResNet(nn.Module):
         return self.forward_head(self.forward_features(x, schedules))
 
 
-def build_model(cfg: ResNetConfig) -> ResNet:
-    """Return a freshly initialised ResNet for `cfg`."""
-    return ResNet(cfg)
+def build_model(cfg: ResNetConfig, in_channels: int = 3, num_classes: int = 10) -> ResNet:
+    """Return a freshly initialised ResNet for `cfg` on these input channels and classes."""
+    return ResNet(cfg, in_channels, num_classes)
 
 
 def normalised_blocks(model: nn.Module) -> list[ResidualBlock]:
@@ -308,15 +290,15 @@ def converge_power_iteration(
     return done
 
 
-def parameter_count(cfg: ResNetConfig) -> int:
-    """Return the number of trainable parameters of `build_model(cfg)` by formula."""
+def parameter_count(cfg: ResNetConfig, in_channels: int = 3, num_classes: int = 10) -> int:
+    """Return the number of trainable parameters of `build_model(cfg, ...)` by formula."""
     w, n = cfg.width, cfg.blocks_per_stage
-    count = 9 * cfg.in_channels * w  # stem
+    count = 9 * in_channels * w  # stem
     for s in range(NUM_STAGES):
         c = w * 2**s
         count += n * (2 * 9 * c * c + 4 * c)  # two convs, two BNs per block
         if s < NUM_STAGES - 1:
             count += 2 * c + 9 * c * 2 * c  # transition BN and stride-2 conv
     c = 4 * w
-    count += 2 * c + c * cfg.num_classes + cfg.num_classes  # head BN and linear
+    count += 2 * c + c * num_classes + num_classes  # head BN and linear
     return count

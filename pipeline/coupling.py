@@ -13,12 +13,11 @@ mixed by a single matmul.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-KERNELS = ("uniform", "triangular")
+from pipeline.config import CouplingSection
+
 # Parameters that every residual block holds at the same position (BN buffers are not coupled).
 BLOCK_PARAMETERS = (
     "conv1.weight",
@@ -34,8 +33,6 @@ def coupling_kernel(
     num_blocks: int, kernel: str = "uniform", bandwidth: float | None = None
 ) -> torch.Tensor:
     """Return the [N, N] kernel K: ones (uniform) or max(0, 1 - |t-u|/h) (triangular)."""
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel={kernel!r}: allowed are {KERNELS}")
     if kernel == "uniform":
         return torch.ones(num_blocks, num_blocks, dtype=torch.float64)
     h = num_blocks / 2 if bandwidth is None else float(bandwidth)
@@ -62,21 +59,10 @@ def mixing_matrix(
     return mixing
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 class GradientCoupler:
     """Rewrites the blocks' gradients in place: `coupler.apply()` after backward, before step."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        coupling: float,
-        kernel: str = "uniform",
-        bandwidth: float | None = None,
-        first_coupled: int = 0,
-    ) -> None:
+    def __init__(self, model: nn.Module, settings: CouplingSection) -> None:
         stages = getattr(model, "stages", None)
         if stages is None or len(stages) == 0:
             raise ValueError(f"model {type(model).__name__}: needs .stages with .blocks to couple")
@@ -84,30 +70,20 @@ class GradientCoupler:
         if len(sizes) != 1:
             raise ValueError(f"stages have {sizes} blocks: coupling needs the same N in each")
         num_blocks = sizes[0]
-        if not (_is_number(coupling) and 0.0 <= coupling <= 1.0):
-            raise ValueError(f"coupling={coupling!r}: allowed is a number in [0, 1]")
-        if kernel not in KERNELS:
-            raise ValueError(f"kernel={kernel!r}: allowed are {KERNELS}")
-        if bandwidth is not None and not (
-            _is_number(bandwidth) and math.isfinite(bandwidth) and bandwidth > 0
-        ):
-            raise ValueError(f"bandwidth={bandwidth!r}: allowed is None (N/2) or a number > 0")
-        if not (
-            isinstance(first_coupled, int)
-            and not isinstance(first_coupled, bool)
-            and 0 <= first_coupled < num_blocks
-        ):
+        # The settings checked their own ranges; only the model can say how many blocks exist.
+        first_coupled = settings.first_coupled
+        if first_coupled >= num_blocks:
             raise ValueError(
-                f"first_coupled={first_coupled!r}: allowed is an integer in 0..{num_blocks - 1}"
+                f"coupling.first_coupled={first_coupled}: allowed is 0..{num_blocks - 1} "
+                f"for a model of {num_blocks} blocks per stage"
             )
-        self.coupling = float(coupling)
-        self.kernel = kernel
-        self.bandwidth = bandwidth
-        self.first_coupled = first_coupled
+        self.coupling = settings.lam
         self.num_blocks = num_blocks
         # Only the coupled rows need mixing; uncoupled blocks are never touched, so their
         # gradients stay bit-identical.
-        full = mixing_matrix(num_blocks, self.coupling, kernel, bandwidth, first_coupled)
+        full = mixing_matrix(
+            num_blocks, settings.lam, settings.kernel, settings.bandwidth, first_coupled
+        )
         self.mixing = full[first_coupled:, first_coupled:].contiguous()
         self._mixing_cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
         # rows[c] = the parameters of coupled block first_coupled + c in one fixed order
@@ -163,4 +139,4 @@ def _views(
     ]
 
 
-__all__ = ["BLOCK_PARAMETERS", "KERNELS", "GradientCoupler", "coupling_kernel", "mixing_matrix"]
+__all__ = ["BLOCK_PARAMETERS", "GradientCoupler", "coupling_kernel", "mixing_matrix"]

@@ -27,10 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from pipeline import digitclutter
-from pipeline.tasks import TASKS, Task, task_for
+from pipeline.tasks import Task, task_for
 
 SPLITS = ("train", "test")
-DATASETS = tuple(TASKS)  # mnist, cifar10, cifar100, digitclutter-3/4/5
 IMAGE_SIZE = 32  # px, every dataset's input side
 MNIST_PAD = 2  # px of zeros on each side: 28 -> 32
 CROP_PADDING = 4  # px of zero padding before the random 32x32 crop (CIFAR augmentation)

@@ -31,10 +31,7 @@ from torch import nn
 
 from models.resnet import NUM_STAGES, ResNet
 from pipeline.tasks import Task
-
-CURVES = ("readout", "dropout", "extra")
-INDEX_NAMES = ("ci", "ri", "di")
-CURVE_COLUMNS = ("stage", "curve", "step", "error")
+from vocabulary import CURVE_COLUMNS, INDEX_NAMES
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 Key = tuple[int, str, int]  # (stage 0..2, curve, step)
@@ -351,8 +348,6 @@ def iteration_indices(curves: pd.DataFrame, chance_error: float) -> dict[str, fl
 
 
 __all__ = [
-    "CURVES",
-    "CURVE_COLUMNS",
     "iteration_indices",
     "naive_perturbation_curves",
     "perturbation_curves",

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-DIGITCLUTTER_DIGITS = (3, 4, 5)
+from vocabulary import DATASETS, DIGITCLUTTER, DIGITCLUTTER_DIGITS
 
 
 @dataclass(frozen=True)
@@ -50,12 +50,12 @@ TASKS: dict[str, Task] = {
     "mnist": Task("mnist", 10),
     "cifar10": Task("cifar10", 10),
     "cifar100": Task("cifar100", 100),
-    **{f"digitclutter-{n}": Task(f"digitclutter-{n}", 10, n) for n in DIGITCLUTTER_DIGITS},
+    **{name: Task(name, 10, n) for name, n in zip(DIGITCLUTTER, DIGITCLUTTER_DIGITS, strict=True)},
 }
 
 
 def task_for(dataset: str) -> Task:
     """Return the Task of a dataset name, or raise ValueError listing the known names."""
     if dataset not in TASKS:
-        raise ValueError(f"unknown dataset {dataset!r}: allowed are {sorted(TASKS)}")
+        raise ValueError(f"unknown dataset {dataset!r}: allowed are {sorted(DATASETS)}")
     return TASKS[dataset]

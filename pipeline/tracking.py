@@ -20,6 +20,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 
+from vocabulary import variant_slug
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -49,7 +51,7 @@ def run_name(config: TrialConfig) -> str:
     """Return a readable run name like `cifar10-w16-rec0.9-icr-s2` (ordinary block omitted)."""
     model, coupling, data = config.model, config.coupling, config.data
     parts = [data.dataset, f"w{model.width}"]
-    parts.append(f"rec{coupling.lam:g}" if model.recurrent_init else f"nonrec{_lam_suffix(config)}")
+    parts.append(variant_slug(model.recurrent_init, coupling.lam))
     if model.block != "ordinary":
         parts.append(model.block)
     if data.train_size is not None:
@@ -62,11 +64,6 @@ def run_name(config: TrialConfig) -> str:
         parts.append(f"fc{coupling.first_coupled}")
     parts.append(f"s{config.run.seed}")
     return "-".join(parts)
-
-
-def _lam_suffix(config: TrialConfig) -> str:
-    """Return the coupling of a non-recurrent init, shown only when it is not the paper's 0."""
-    return "" if config.coupling.lam == 0 else f"{config.coupling.lam:g}"
 
 
 def git_commit() -> str:

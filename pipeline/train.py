@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from models import build_model, converge_power_iteration, parameter_count
-from pipeline.config import TrialConfig, apply_overrides, model_config
+from pipeline.config import TrialConfig, apply_overrides, network_shape
 from pipeline.coupling import GradientCoupler
 from pipeline.data import Dataset, DeviceLoader, load_dataset
 from pipeline.indices import iteration_indices, perturbation_curves
@@ -34,17 +34,13 @@ CHECKPOINT_NAME = "checkpoint.pt"
 REFERENCE_BATCH = 128  # optim.lr is the peak learning rate per this many examples
 INDEX_SUBSET_SEED = 0  # every trial measures its indices on the same test images
 # Keys that may differ between a run and the retry that resumes its checkpoint.
-RESUMABLE_DIFFERENCES = ("run.device", "run.threads", "run.fail_at_epoch")
+RESUMABLE_DIFFERENCES = ("run.device", "run.threads")
 
 Report = Callable[[dict[str, float], str | None], None]
 
 
 class DivergenceError(RuntimeError):
     """The training loss became non-finite."""
-
-
-class InjectedFault(RuntimeError):  # noqa: N818 (the name the contract uses)
-    """Test-only failure raised by run.fail_at_epoch."""
 
 
 @dataclass
@@ -136,7 +132,7 @@ def build_trial(
     o, seed = config.optim, config.run.seed
     train_set, test_set = splits if splits is not None else load_splits(config)
     seed_everything(seed)  # right before the weights are drawn
-    model = build_model(model_config(config, train_set.task)).to(device)
+    model = build_model(config.model, **network_shape(config)).to(device)
     mixed_precision = device.type == "cuda"
     if mixed_precision:
         model = model.to(memory_format=torch.channels_last)
@@ -157,7 +153,7 @@ def build_trial(
     c = config.coupling
     coupler = None
     if c.lam > 0:
-        coupler = GradientCoupler(model, c.lam, c.kernel, c.bandwidth, c.first_coupled)
+        coupler = GradientCoupler(model, c)
     return Trial(
         config=config,
         device=device,
@@ -351,7 +347,7 @@ def finish_trial(trial: Trial, history: list[dict[str, float]]) -> TrialResult:
         "final_train_loss": history[-1]["train_loss"],
         "epochs": len(history),
         "train_seconds": sum(h["epoch_seconds"] for h in history),
-        "parameters": parameter_count(model_config(trial.config, trial.task)),
+        "parameters": parameter_count(trial.config.model, **network_shape(trial.config)),
     }
     return TrialResult(trial.config, metrics, dict(indices), curves, history)
 
@@ -371,7 +367,6 @@ def run_trial(
     config: TrialConfig, report: Report | None = None, checkpoint_dir: str | None = None
 ) -> TrialResult:
     """Train one trial (resuming from checkpoint_dir if it holds a checkpoint); return results."""
-    config.validate()
     device = resolve_device(config.run.device)
     if config.run.threads is not None:
         torch.set_num_threads(config.run.threads)
@@ -385,8 +380,6 @@ def run_trial(
         history = load_checkpoint(path, trial)
         logger.info("resumed %s after epoch %d", path, len(history))
     for epoch in range(len(history) + 1, config.optim.epochs + 1):
-        if epoch == config.run.fail_at_epoch and not resumed:
-            raise InjectedFault(f"run.fail_at_epoch={epoch}: injected failure as epoch starts")
         metrics = run_epoch(trial, epoch)
         history.append(metrics)
         if path is not None:

@@ -3,40 +3,45 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
 import math
 import os
-import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import TrialConfig
+from pipeline.data import load_dataset
 from sweeps.grids import GRIDS, trial_configs
 from sweeps.resources import DEFAULT_GPU_SHARE, Resources, format_dry_run, parse_gpu_share
-from sweeps.tracking_server import (
-    TrackingUnreachableError,
-    check_reachable,
-    is_http_uri,
-    tracking_server,
-)
+from sweeps.sweep import check_sweep_path, experiment_path, run_sweep
+from sweeps.tracking_server import TrackingUnreachableError, check_reachable, is_http_uri
 
 EXIT_USAGE = 2  # bad input: nothing was started
-EXIT_UNFINISHED = 1  # the sweep ran but some trials failed or were interrupted
-# Credentials for a tracking server with basic auth (docker/compose.yaml), passed to trials.
-FORWARDED_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
-
-log = logging.getLogger("iterconv.sweep")
 
 
-class UsageError(ValueError):
-    """Bad command-line input, reported before anything starts."""
+def _bounded(kind: Callable[[str], Any], least: float, strict: bool) -> Callable[[str], Any]:
+    """Return an argparse type: `kind` of the text, > least (strict) or >= least."""
+    relation = ">" if strict else ">="
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not (value > least if strict else value >= least):
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: must be {'an integer' if kind is int else 'a number'} {relation} "
+                f"{least:g}"
+            )
+        return value
+
+    return parse
 
 
-def grid_summary_line(name: str) -> str:
-    """Return the first line of a grid's docstring."""
-    return (GRIDS[name].__doc__ or "").strip().splitlines()[0]
+positive_int = _bounded(int, 1, strict=False)
+non_negative_int = _bounded(int, 0, strict=False)
+positive_float = _bounded(float, 0, strict=True)
+non_negative_float = _bounded(float, 0, strict=False)
 
 
 def gpu_share_argument(text: str) -> dict[int, float]:
@@ -78,14 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cluster.add_argument(
         "--max-concurrent",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="at most N trials at once (default: as many as the resources allow)",
     )
     cluster.add_argument(
         "--cpus-per-trial",
-        type=float,
+        type=positive_float,
         default=1.0,
         metavar="C",
         help="CPU cores per trial; also its torch threads (default: 1)",
@@ -108,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cluster.add_argument(
         "--checkpoint-interval",
-        type=float,
+        type=non_negative_float,
         default=60.0,
         metavar="S",
         help="hand a trial's checkpoint to Tune (copy it to storage) at most every S seconds; "
@@ -116,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cluster.add_argument(
         "--max-failures",
-        type=int,
+        type=non_negative_int,
         default=3,
         metavar="K",
         help="retry a failed trial up to K times from its last checkpoint (default: 3)",
@@ -165,10 +170,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     selection = parser.add_argument_group("selection and control")
     selection.add_argument(
-        "--seeds", type=int, default=None, metavar="N", help="seeds 0..N-1 (default: the grid's)"
+        "--seeds",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="seeds 0..N-1 (default: the grid's)",
     )
     selection.add_argument(
-        "--limit", type=int, default=None, metavar="N", help="run only the grid's first N trials"
+        "--limit",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="run only the grid's first N trials",
     )
     selection.add_argument(
         "--resume",
@@ -190,18 +203,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def sweep_configs(args: argparse.Namespace) -> list[TrialConfig]:
     """Return the trials of the command line: grid, launcher settings, overrides, limit."""
-    if args.grid not in GRIDS:
-        raise UsageError(f"unknown grid {args.grid!r}: known grids are {', '.join(GRIDS)}")
-    for name in ("seeds", "limit", "max_concurrent"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise UsageError(f"--{name.replace('_', '-')}={value}: must be an integer >= 1")
-    if args.max_failures < 0:
-        raise UsageError(f"--max-failures={args.max_failures}: must be an integer >= 0")
-    if not args.checkpoint_interval >= 0:
-        raise UsageError(f"--checkpoint-interval={args.checkpoint_interval}: must be >= 0")
-    if not args.cpus_per_trial > 0:
-        raise UsageError(f"--cpus-per-trial={args.cpus_per_trial}: must be > 0")
     settings: dict[str, Any] = {
         "data.root": str(Path(args.data_root).expanduser().resolve()),
         "run.threads": max(1, math.ceil(args.cpus_per_trial)),
@@ -212,23 +213,8 @@ def sweep_configs(args: argparse.Namespace) -> list[TrialConfig]:
     return configs[: args.limit]
 
 
-def experiment_path(storage: str, grid: str) -> str:
-    """Return where Tune keeps this grid's sweep: STORAGE/GRID (a path or a URI)."""
-    if "://" in storage:
-        return f"{storage.rstrip('/')}/{grid}"
-    return str(Path(storage).expanduser().resolve() / grid)
-
-
-def default_backend_store(storage: str) -> str:
-    """Return the SQLite store beside a local storage path (else in the working directory)."""
-    directory = Path.cwd() if "://" in storage else Path(storage).expanduser().resolve()
-    return f"sqlite:///{directory / 'mlflow.db'}"
-
-
 def prepare_data(configs: Sequence[TrialConfig]) -> None:
     """Load (download, generate) every dataset of the sweep once, before trials race to it."""
-    from pipeline.data import load_dataset
-
     seen = set()
     for config in configs:
         d = config.data
@@ -237,132 +223,6 @@ def prepare_data(configs: Sequence[TrialConfig]) -> None:
             if key not in seen:
                 seen.add(key)
                 load_dataset(d.dataset, d.root, split, download=d.download, clutter_images=images)
-
-
-@contextlib.contextmanager
-def tracking(args: argparse.Namespace, host: str) -> Iterator[str]:
-    """Yield the tracking URI of the sweep, serving a local store for its duration if needed."""
-    uri = args.tracking_uri
-    if uri is not None and is_http_uri(uri):
-        yield uri
-        print(f"browse the runs at {uri}", flush=True)
-        return
-    backend = uri or default_backend_store(args.storage)
-    root = Path(args.storage).expanduser().resolve() if "://" not in args.storage else Path.cwd()
-    with tracking_server(backend, root / "mlartifacts", root / "mlflow-server.log", host) as server:
-        print(f"MLflow: {server.uri} serving {backend}", flush=True)
-        yield server.uri
-    print(
-        f"browse the runs: mlflow ui --backend-store-uri {backend} "
-        f"--artifacts-destination {root / 'mlartifacts'}",
-        flush=True,
-    )
-
-
-@contextlib.contextmanager
-def ray_cluster(args: argparse.Namespace) -> Iterator[None]:
-    """Join the cluster at --address, or start a local Ray with this machine's cores."""
-    import ray
-
-    common: dict[str, Any] = {
-        "include_dashboard": False,
-        "log_to_driver": args.verbose,
-        "logging_level": logging.INFO if args.verbose else logging.WARNING,
-    }
-    if args.address:
-        forwarded = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
-        runtime_env = {"env_vars": forwarded} if forwarded else None
-        ray.init(address=args.address, runtime_env=runtime_env, **common)
-    else:
-        ray.init(address="local", num_cpus=os.cpu_count(), **common)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
-def run_sweep(args: argparse.Namespace, configs: Sequence[TrialConfig], path: str) -> int:
-    """Run (or resume) the sweep on Ray; return the exit status (0: every trial finished)."""
-    # Per-epoch checkpoints of many short trials make Tune warn about state snapshots.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    import ray
-    from ray import tune
-
-    from pipeline.tracking import close_unfinished_runs, ensure_experiment
-    from sweeps.trainable import (
-        EXPERIMENT_KEY,
-        GRID_KEY,
-        TRIAL_KEY,
-        ProgressLines,
-        SweepContext,
-        make_trainable,
-        trial_dirname,
-        trial_id_of,
-    )
-
-    host = args.mlflow_host or ("127.0.0.1" if not args.address else ray.util.get_node_ip_address())
-    with tracking(args, host) as uri, ray_cluster(args):
-        from mlflow import MlflowClient
-
-        has_gpus = ray.cluster_resources().get("GPU", 0) > 0
-        use_gpus = args.accelerator == "gpu" or (args.accelerator == "auto" and has_gpus)
-        resources = Resources(args.gpu_share, args.cpus_per_trial, use_gpus)
-        trainable = make_trainable(SweepContext(uri, args.checkpoint_interval), resources)
-        device = "GPUs" if use_gpus else "CPUs"
-        if args.resume:
-            # Grid, overrides and experiment are those stored with the sweep.
-            print(f"resuming the sweep in {path} on {device}", flush=True)
-            tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
-        else:
-            experiment = args.experiment or args.grid
-            ensure_experiment(MlflowClient(uri), experiment)
-            print(f"sweep {args.grid}: {len(configs)} trials on {device}, in {path}", flush=True)
-            storage, name = path.rsplit("/", 1)
-            trials = [c.to_flat_dict() for c in configs]
-            tuner = tune.Tuner(
-                trainable,
-                param_space={
-                    TRIAL_KEY: tune.grid_search(trials),
-                    GRID_KEY: args.grid,
-                    EXPERIMENT_KEY: experiment,
-                },
-                tune_config=tune.TuneConfig(
-                    max_concurrent_trials=args.max_concurrent,
-                    trial_name_creator=trial_dirname,
-                    trial_dirname_creator=trial_dirname,
-                ),
-                run_config=tune.RunConfig(
-                    name=name,
-                    storage_path=storage,
-                    failure_config=tune.FailureConfig(max_failures=args.max_failures),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                    log_to_file=True,
-                    verbose=2 if args.verbose else 0,
-                    callbacks=[ProgressLines()],
-                ),
-            )
-        if not args.verbose:
-            # Tune's new console output prints its banner and tables even at verbose=0; the
-            # classic reporter honours it, and ProgressLines prints one line per trial event.
-            os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-        results = tuner.fit()
-        trial_ids = [trial_id_of(r.path) for r in results]
-        experiment = (
-            (results[0].config or {}).get(EXPERIMENT_KEY, args.grid) if len(results) else args.grid
-        )
-        finished = sum(1 for r in results if r.error is None and "final_test_error" in r.metrics)
-        closed = close_unfinished_runs(uri, experiment, trial_ids)
-    total = len(results)
-    print(f"sweep {args.grid}: {finished} of {total} trials finished; results in {path}")
-    if finished < total:
-        print(
-            f"{total - finished} trials failed or were interrupted ({len(closed)} runs marked "
-            f"KILLED); continue with: python sweeps/launch.py {args.grid} --resume "
-            f"--storage {args.storage}",
-            file=sys.stderr,
-        )
-        return EXIT_UNFINISHED
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -384,17 +244,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TrackingUnreachableError, FileNotFoundError) as error:
         parser.exit(EXIT_USAGE, f"{parser.prog}: error: {error}\n")
     return run_sweep(args, configs, path)
-
-
-def check_sweep_path(path: str, resume: bool) -> None:
-    """Raise UsageError if --resume has nothing to resume, or a new sweep would overwrite one."""
-    from ray.tune import Tuner
-
-    exists = Tuner.can_restore(path)
-    if resume and not exists:
-        raise UsageError(f"--resume: no sweep to resume at {path}")
-    if not resume and exists:
-        raise UsageError(
-            f"a sweep already exists at {path}: pass --resume to continue it, or choose "
-            "another --storage"
-        )

@@ -14,23 +14,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from pipeline.config import TrialConfig, parse_value
+from pipeline.config import TrialConfig, parse_overrides
+from vocabulary import CONVERGENT_BLOCKS, COUPLINGS, DATASETS, WIDTHS
 
 Trial = dict[str, Any]  # flat override dict of one trial, e.g. {"model.width": 8}
 GridFunction = Callable[[int], list[Trial]]
 
-DATASETS = ("cifar10", "cifar100", "mnist", "digitclutter-3", "digitclutter-4", "digitclutter-5")
-WIDTHS = (8, 16, 32, 64)  # channels of stage 1
 # Initialisation and coupling (paper Fig 3): non-recurrent lam 0, recurrent lam 0, 0.5, 0.9, 1.
 VARIANTS: tuple[Trial, ...] = (
     {"model.recurrent_init": False, "coupling.lam": 0.0},
-    {"model.recurrent_init": True, "coupling.lam": 0.0},
-    {"model.recurrent_init": True, "coupling.lam": 0.5},
-    {"model.recurrent_init": True, "coupling.lam": 0.9},
-    {"model.recurrent_init": True, "coupling.lam": 1.0},
+    *({"model.recurrent_init": True, "coupling.lam": lam} for lam in COUPLINGS),
 )
 COUPLED_VARIANTS = VARIANTS[2:]  # lam > 0: where a coupling kernel can matter
-CONVERGENT_BLOCKS = ("icr", "pcr")
 CONVERGENT_MU = 0.95
 SAMPLE_EFFICIENCY = {"cifar10": (5_000, 10_000, 20_000), "digitclutter-5": (10_000, 30_000)}
 TRAINING_VARIATIONS: tuple[tuple[Trial, tuple[Trial, ...]], ...] = (
@@ -261,17 +256,6 @@ def trial_configs(
     configs = [TrialConfig.from_dict({**trial, **updates}) for trial in grid_trials(name, seeds)]
     check_unique(configs)
     return configs
-
-
-def parse_overrides(overrides: Iterable[str]) -> Trial:
-    """Return {"section.field": typed value} of "section.field=value" strings."""
-    updates: Trial = {}
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise ValueError(f"override {item!r}: expected section.field=value, e.g. optim.lr=0.05")
-        updates[key.strip()] = parse_value(key.strip(), text)
-    return updates
 
 
 def check_unique(configs: Sequence[TrialConfig]) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from pipeline.config import TrialConfig
+from vocabulary import TRAIN_IMAGES, variant_label
 
 # Share of one GPU per trial by width: small models share a GPU (throughput per GPU is the
 # goal, DESIGN 9). Widths between entries take the next larger entry.
@@ -18,7 +19,6 @@ IMAGES_PER_SECOND: Mapping[int, float] = {8: 12_000, 16: 9_000, 32: 5_000, 64: 2
 REFERENCE_BLOCKS = 16  # N at which IMAGES_PER_SECOND holds; cost scales as N / 16
 SPECTRAL_SLOWDOWN = 1.3  # ICR/PCR: a power-iteration step per block and training step
 EVALUATION_PASSES = 0.5  # testing each epoch and the indices, in units of a training epoch
-TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "mnist": 60_000}
 
 
 @dataclass(frozen=True)
@@ -42,10 +42,6 @@ class Resources:
         """Return the table's GPU share for this width (the next larger entry if absent)."""
         larger = [w for w in sorted(self.gpu_share) if w >= width]
         return self.gpu_share[larger[0] if larger else max(self.gpu_share)]
-
-    def gpus(self, width: int) -> float:
-        """Return the GPUs a trial of this width requests (0 when the sweep runs on CPUs)."""
-        return self.share(width) if self.use_gpus else 0.0
 
     def request(self, width: int) -> dict[str, float]:
         """Return the Ray resource dict of one trial of this width."""
@@ -87,18 +83,13 @@ def gpu_hours(config: TrialConfig, resources: Resources) -> float:
     return seconds * resources.share(m.width) / 3600
 
 
-def variant_label(config: TrialConfig) -> str:
-    """Return the initialisation and coupling of a trial, e.g. `nonrec` or `rec0.9`."""
-    return f"rec{config.coupling.lam:g}" if config.model.recurrent_init else "nonrec"
-
-
 def grid_summary(configs: Sequence[TrialConfig], resources: Resources) -> pd.DataFrame:
     """Return one row per trial: dataset, block, variant, width, train images, epochs, GPU-hours."""
     return pd.DataFrame(
         {
             "dataset": c.data.dataset,
             "block": c.model.block,
-            "variant": variant_label(c),
+            "variant": variant_label(c.model.recurrent_init, c.coupling.lam),
             "width": c.model.width,
             "train_images": train_images(c),
             "epochs": c.optim.epochs,

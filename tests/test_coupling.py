@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models import BLOCK_TYPES, ResNetConfig, build_model
+from models import ResNetConfig, build_model
+from pipeline.config import CouplingSection
 from pipeline.coupling import BLOCK_PARAMETERS, GradientCoupler, coupling_kernel, mixing_matrix
+from vocabulary import BLOCK_TYPES
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -51,7 +53,7 @@ def test_zero_coupling_leaves_gradients_bit_identical():
     model = tiny_model()
     backward_once(model)
     before = {name: p.grad.clone() for name, p in model.named_parameters()}
-    GradientCoupler(model, 0.0).apply()
+    GradientCoupler(model, CouplingSection(lam=0.0)).apply()
     for name, p in model.named_parameters():
         assert torch.equal(p.grad, before[name]), name
 
@@ -61,7 +63,7 @@ def test_half_coupling_matches_formula():
     set_random_gradients(model)
     before = block_gradients(model)
     others = {name: p.grad.clone() for name, p in model.named_parameters() if "stages" not in name}
-    GradientCoupler(model, 0.5).apply()
+    GradientCoupler(model, CouplingSection(lam=0.5)).apply()
     # g_t <- 0.5 g_t + 0.5 (g_0 + g_1 + g_2) / 3
     third = 0.5 / 3
     weights = [[0.5 + third if u == t else third for u in range(3)] for t in range(3)]
@@ -75,7 +77,7 @@ def test_triangular_kernel_matches_hand_values():
     model = tiny_model(blocks=4)
     set_random_gradients(model)
     before = block_gradients(model)
-    GradientCoupler(model, 1.0, kernel="triangular", bandwidth=2.0).apply()
+    GradientCoupler(model, CouplingSection(lam=1.0, kernel="triangular", bandwidth=2.0)).apply()
     # K[t,u] = max(0, 1 - |t-u|/2): 1 on the diagonal, 0.5 next to it, 0 further away.
     weights = [
         [1 / 1.5, 0.5 / 1.5, 0, 0],
@@ -98,7 +100,7 @@ def test_first_coupled_blocks_keep_their_gradients():
     model = tiny_model(blocks=4)
     set_random_gradients(model)
     before = block_gradients(model)
-    GradientCoupler(model, 0.5, first_coupled=2).apply()
+    GradientCoupler(model, CouplingSection(lam=0.5, first_coupled=2)).apply()
     # Blocks 0 and 1 untouched; blocks 2, 3: 0.5 g_t + 0.5 (g_2 + g_3) / 2.
     weights = [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0.75, 0.25], [0, 0, 0.25, 0.75]]
     check_against(model, before, weights)
@@ -139,7 +141,7 @@ def test_missing_gradient_counts_as_zero():
         for s, stage in enumerate(model.stages)
         for name in BLOCK_PARAMETERS
     }
-    GradientCoupler(model, 1.0).apply()
+    GradientCoupler(model, CouplingSection(lam=1.0)).apply()
     check_against(model, before, [[1 / 3] * 3] * 3)
 
 
@@ -157,7 +159,7 @@ def max_block_difference(model) -> float:
 def train_steps(model, coupling: float, steps: int = 20) -> None:
     generator = torch.Generator().manual_seed(2)
     optimiser = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    coupler = GradientCoupler(model, coupling)
+    coupler = GradientCoupler(model, CouplingSection(lam=coupling))
     model.train()
     for _ in range(steps):
         x = torch.randn(16, 3, 32, 32, generator=generator)
@@ -186,19 +188,23 @@ def test_without_coupling_recurrent_blocks_drift_apart():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"coupling": -0.1}, "coupling=-0.1"),
-        ({"coupling": 1.5}, "coupling=1.5"),
-        ({"coupling": "0.5"}, "coupling='0.5'"),
-        ({"coupling": 0.5, "kernel": "gaussian"}, "kernel='gaussian'"),
-        ({"coupling": 0.5, "kernel": "triangular", "bandwidth": 0}, "bandwidth=0"),
-        ({"coupling": 0.5, "kernel": "triangular", "bandwidth": -2.0}, "bandwidth=-2.0"),
-        ({"coupling": 0.5, "first_coupled": -1}, "first_coupled=-1"),
-        ({"coupling": 0.5, "first_coupled": 3}, "first_coupled=3"),
-        ({"coupling": 0.5, "first_coupled": 1.0}, "first_coupled=1.0"),
+        ({"lam": -0.1}, "coupling.lam=-0.1: must be in [0, 1]"),
+        ({"lam": 1.5}, "coupling.lam=1.5: must be in [0, 1]"),
+        ({"lam": "0.5"}, "coupling.lam='0.5': expected float"),
+        ({"kernel": "gaussian"}, "coupling.kernel='gaussian': allowed are"),
+        ({"bandwidth": 0}, "coupling.bandwidth=0.0: must be None or a number > 0"),
+        ({"bandwidth": -2.0}, "coupling.bandwidth=-2.0: must be None or a number > 0"),
+        ({"first_coupled": -1}, "coupling.first_coupled=-1: must be an integer >= 0"),
+        ({"first_coupled": 1.0}, "coupling.first_coupled=1.0: expected int"),
     ],
 )
-def test_bad_arguments_raise(kwargs, message):
-    model = tiny_model(blocks=3)
-    with pytest.raises(ValueError, match="allowed") as error:
-        GradientCoupler(model, **kwargs)
+def test_bad_settings_raise(kwargs, message):
+    with pytest.raises(ValueError) as error:
+        CouplingSection(**kwargs)
     assert message in str(error.value)
+
+
+def test_first_coupled_beyond_the_model_raises():
+    model = tiny_model(blocks=3)
+    with pytest.raises(ValueError, match=r"coupling\.first_coupled=3: allowed is 0\.\.2"):
+        GradientCoupler(model, CouplingSection(first_coupled=3))

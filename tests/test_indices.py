@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models import BLOCK_TYPES, ResNetConfig, build_model, converge_power_iteration
+from models import ResNetConfig, build_model, converge_power_iteration
+from vocabulary import BLOCK_TYPES
 from pipeline.indices import (
     iteration_indices,
     naive_perturbation_curves,
@@ -27,9 +28,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def trained_statistics_model(block: str, blocks: int = 3, num_classes: int = 10):
     """Return a tiny ResNet with non-trivial BN running statistics and converged bounds."""
     torch.manual_seed(0)
-    model = build_model(
-        ResNetConfig(width=4, blocks_per_stage=blocks, block=block, num_classes=num_classes)
-    )
+    cfg = ResNetConfig(width=4, blocks_per_stage=blocks, block=block)
+    model = build_model(cfg, num_classes=num_classes)
     model.train()
     with torch.no_grad():
         for _ in range(3):

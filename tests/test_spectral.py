@@ -151,8 +151,8 @@ def test_pcr_stage_converges_geometrically() -> None:
 
 def test_converge_power_iteration_reaches_dense_norm() -> None:
     torch.manual_seed(8)
-    cfg = ResNetConfig(in_channels=1, width=2, blocks_per_stage=2, block="icr")
-    model = build_model(cfg).eval()
+    cfg = ResNetConfig(width=2, blocks_per_stage=2, block="icr")
+    model = build_model(cfg, in_channels=1).eval()
     iterations = converge_power_iteration(model, tolerance=1e-6, max_iterations=1000)
     assert 0 < iterations <= 1000
     block = model.stages[2].blocks[1]  # 8 channels at 8x8
