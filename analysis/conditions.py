@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 
 import pandas as pd
 
-# The paper's design (Results; DESIGN 8): what each figure expects to find.
+# The paper's design (Results; docs/sweeps.md): what each figure expects to find.
 PAPER_WIDTHS = (8, 16, 32, 64)
 PAPER_COUPLINGS = (0.0, 0.5, 0.9, 1.0)
 PAPER_VARIANTS = ("non-rec.", *(f"rec. {lam:g}" for lam in PAPER_COUPLINGS))
