@@ -81,9 +81,7 @@ def repository_files() -> list[Path]:
             if not SKIPPED_DIRS.intersection(p.relative_to(ROOT).parts[:-1])
         ]
     return sorted(
-        p
-        for p in paths
-        if p.is_file() and (p.suffix in TEXT_SUFFIXES or p.name in TEXT_NAMES)
+        p for p in paths if p.is_file() and (p.suffix in TEXT_SUFFIXES or p.name in TEXT_NAMES)
     )
 
 
