@@ -6,7 +6,7 @@ import their names and labels from here and never spell them again.
 
 from __future__ import annotations
 
-# Datasets (DESIGN 6). Digitclutter-n images hold n distinct digits.
+# Datasets (docs/data.md). Digitclutter-n images hold n distinct digits.
 DIGITCLUTTER_DIGITS = (3, 4, 5)
 DIGITCLUTTER = tuple(f"digitclutter-{n}" for n in DIGITCLUTTER_DIGITS)
 DATASETS = ("cifar10", "cifar100", "mnist", *DIGITCLUTTER)
@@ -32,20 +32,20 @@ INPUT_CHANNELS = {name: 3 if name.startswith("cifar") else 1 for name in DATASET
 # Training images of the torchvision datasets (Digitclutter's size is a config value).
 TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "mnist": 60_000}
 
-# The network (DESIGN 2, 4).
+# The network (docs/method.md).
 WIDTHS = (8, 16, 32, 64)  # channels of stage 1 in the paper's grid
 BLOCK_TYPES = ("ordinary", "icr", "pcr")  # z + f(z), z + f~(z), x + f~(z)
 CONVERGENT_BLOCKS = ("icr", "pcr")  # spectrally normalised: improperly / properly convergent
 BLOCK_LABELS = {"ordinary": "ordinary", "icr": "ICR", "pcr": "PCR"}
 
-# Soft gradient coupling (DESIGN 3).
+# Soft gradient coupling (docs/method.md).
 COUPLINGS = (0.0, 0.5, 0.9, 1.0)  # lambda of the recurrently initialised variants
 KERNELS = ("uniform", "triangular")
 
 # Where a trial runs.
 DEVICES = ("auto", "cpu", "cuda")
 
-# Perturbation curves and iteration indices (DESIGN 5).
+# Perturbation curves and iteration indices (docs/method.md).
 CURVES = ("readout", "dropout", "extra")
 CURVE_COLUMNS = ("stage", "curve", "step", "error")
 INDEX_NAMES = ("ci", "ri", "di")

@@ -1,1 +1,1 @@
-"""From MLflow runs to Parquet tables and the paper's figures (DESIGN 8)."""
+"""From MLflow runs to Parquet tables and the paper's figures (docs/results.md)."""

@@ -1,4 +1,4 @@
-"""MLflow runs -> `runs.parquet` and `curves.parquet`, incrementally (DESIGN 8).
+"""MLflow runs -> `runs.parquet` and `curves.parquet`, incrementally (docs/results.md).
 
 Schema of `runs.parquet`, one row per FINISHED run, sorted by (experiment, run_name, run_id):
 

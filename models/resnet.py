@@ -1,4 +1,4 @@
-"""Pre-activation ResNet with schedulable stages, ordinary / ICR / PCR blocks (DESIGN 2, 4)."""
+"""Pre-activation ResNet with schedulable stages, ordinary / ICR / PCR blocks (docs/method.md)."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ class ResidualBlock(nn.Module):
         return f / self.correction(s1, s2, z.shape[-1])
 
     def correction(self, s1: torch.Tensor, s2: torch.Tensor, spatial_size: int) -> torch.Tensor:
-        """Return c = max(L^/mu, 1) (the paper prints mu/L^, a typo: DESIGN 4)."""
+        """Return c = max(L^/mu, 1) (the paper prints mu/L^, a typo: docs/method.md)."""
         assert self.spectral is not None
         if spatial_size != self.spectral.v_conv2.shape[-1]:
             self.spectral._resize(spatial_size)

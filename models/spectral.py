@@ -1,4 +1,4 @@
-"""Upper bound on the Lipschitz constant of a residual function (DESIGN 4).
+"""Upper bound on the Lipschitz constant of a residual function (docs/method.md).
 
 For f(z) = Conv2(ReLU(BN2(Conv1(ReLU(BN1(z)))))) the paper bounds
 

@@ -1,4 +1,4 @@
-"""Soft gradient coupling of the residual blocks of each stage (DESIGN 3, paper eq. 1-2).
+"""Soft gradient coupling of the residual blocks of each stage (paper eq. 1-2; docs/method.md).
 
 After `loss.backward()` and before `optimizer.step()`, every gradient that the blocks of a
 stage share by position is pulled towards a kernel-weighted mean over the blocks:

@@ -1,4 +1,4 @@
-"""Digitclutter: n occluding digits on grey, rendered at 512x512 and averaged to 32x32 (DESIGN 6).
+"""Digitclutter: n occluding digits on grey, drawn at 512x512, averaged to 32x32 (docs/method.md).
 
 Reference generator: cjspoerer/digitclutter (ImageMagick, Helvetica Bold). Ours draws DejaVu Sans
 Bold (shipped with matplotlib) with Pillow. Each digit is black with a white outline, drawn like

@@ -1,4 +1,4 @@
-"""Perturbation curves and iterative convergence indices (DESIGN 5).
+"""Perturbation curves and iterative convergence indices (docs/method.md).
 
 For each stage s (1..3) of a network with N blocks per stage:
 
@@ -298,7 +298,7 @@ def _curve(curves: pd.DataFrame, stage: int, curve: str, first_step: int) -> np.
 def _stage_indices(
     readout: np.ndarray, dropout: np.ndarray, extra: np.ndarray, chance_error: float
 ) -> tuple[float, float, float]:
-    """Return (CI, RI, DI) of one stage by the formulas of DESIGN 5."""
+    """Return (CI, RI, DI) of one stage by the formulas of docs/method.md."""
     e_final = readout[-1]
     if e_final >= chance_error:
         # A network no better than chance leaves no distance to normalise by: its indices

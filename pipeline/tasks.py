@@ -1,4 +1,4 @@
-"""How each dataset counts an error, what chance is, and which loss trains it (DESIGN 6)."""
+"""How each dataset counts an error, what chance is, and which loss trains it (docs/method.md)."""
 
 from __future__ import annotations
 

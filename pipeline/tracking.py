@@ -1,4 +1,4 @@
-"""One MLflow run per trial, reopened by its Ray trial id, never duplicated (DESIGN 8)."""
+"""One MLflow run per trial, reopened by its Ray trial id, never duplicated (docs/results.md)."""
 
 from __future__ import annotations
 

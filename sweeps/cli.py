@@ -1,4 +1,4 @@
-"""The sweep launcher: a named grid on a Ray cluster, one MLflow run per trial (DESIGN 8)."""
+"""The sweep launcher: a named grid on a Ray cluster, one MLflow run per trial (docs/sweeps.md)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from pipeline.config import TrialConfig
 from vocabulary import TRAIN_IMAGES, variant_label
 
 # Share of one GPU per trial by width: small models share a GPU (throughput per GPU is the
-# goal, DESIGN 9). Widths between entries take the next larger entry.
+# goal, docs/benchmarks.md). Widths between entries take the next larger entry.
 DEFAULT_GPU_SHARE: Mapping[int, float] = {8: 0.125, 16: 0.25, 32: 0.25, 64: 0.5}
 # Rough throughput of one trial at N = 16 on its GPU share, in training images per second
 # (ordinary blocks, bf16). Calibrate with benchmarks/; --dry-run prints GPU-hours from it.

@@ -1,4 +1,4 @@
-"""Soft gradient coupling against hand-computed values (DESIGN 3)."""
+"""Soft gradient coupling against hand-computed values (docs/method.md)."""
 
 from __future__ import annotations
 

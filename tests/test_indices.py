@@ -1,4 +1,4 @@
-"""Perturbation curves and iterative convergence indices (DESIGN 5)."""
+"""Perturbation curves and iterative convergence indices (docs/method.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The spectral bound L^ of DESIGN 4 against dense Jacobians and dense SVDs."""
+"""The spectral bound L^ (docs/method.md) against dense Jacobians and dense SVDs."""
 
 from __future__ import annotations
 
