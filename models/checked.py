@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import numbers
 import types
 import typing
@@ -11,16 +10,18 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+# Cached: resolving the string annotations is most of the cost of building a config, and a
+# paper-scale grid builds about a thousand.
+_ALLOWED_TYPES: dict[tuple[type, str], tuple[type, ...]] = {}
 
-@functools.cache
+
 def allowed_types(section: type, name: str) -> tuple[type, ...]:
     """Return the types a field accepts, from its annotation (None included if Optional)."""
-    # Cached: resolving the string annotations is most of the cost of building a config, and
-    # a paper-scale grid builds about a thousand.
-    hint = typing.get_type_hints(section)[name]
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        return tuple(typing.get_args(hint))
-    return (hint,)
+    if (section, name) not in _ALLOWED_TYPES:
+        hint = typing.get_type_hints(section)[name]
+        union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+        _ALLOWED_TYPES[section, name] = tuple(typing.get_args(hint)) if union else (hint,)
+    return _ALLOWED_TYPES[section, name]
 
 
 def type_names(allowed: tuple[type, ...]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -208,12 +209,16 @@ class ResNet(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        for stage in self.stages:
-            for block in stage.blocks:
-                nn.init.constant_(block.bn1.weight, self.cfg.bn_gamma_init)
-                nn.init.constant_(block.bn2.weight, self.cfg.bn_gamma_init)
-            if self.cfg.recurrent_init:
+            if isinstance(module, ResidualBlock):
+                nn.init.constant_(module.bn1.weight, self.cfg.bn_gamma_init)
+                nn.init.constant_(module.bn2.weight, self.cfg.bn_gamma_init)
+        if self.cfg.recurrent_init:
+            for stage in self.stage_modules():
                 stage.init_recurrent()
+
+    def stage_modules(self) -> list[Stage]:
+        """Return the stages, typed (a ModuleList iterates as plain Modules)."""
+        return [typing.cast(Stage, stage) for stage in self.stages]
 
     def forward_stage(
         self, stage_index: int, h: torch.Tensor, schedule: Sequence[int] | None = None

@@ -18,6 +18,7 @@ from torch import nn
 
 def batchnorm_scale(bn: nn.BatchNorm2d) -> torch.Tensor:
     """Return gamma / sqrt(running_var + eps): the per-channel scale BN applies in evaluation."""
+    assert bn.running_var is not None, "the blocks' BN tracks running statistics"
     return bn.weight.float() / torch.sqrt(bn.running_var + bn.eps)
 
 
@@ -31,6 +32,7 @@ def batchnorm_with_scale(
     # separate variance pass costs three times BN's own forward on the CPU.
     if not bn.training:
         return bn(inputs), batchnorm_scale(bn)
+    assert bn.num_batches_tracked is not None, "the blocks' BN tracks running statistics"
     bn.num_batches_tracked.add_(1)
     momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
     out, _, inverse_std = torch.native_batch_norm(
@@ -47,6 +49,9 @@ def _normalise(v: torch.Tensor) -> torch.Tensor:
 
 class SpectralBound(nn.Module):
     """Power-iteration estimate of L^(f) for one residual block's bn1, conv1, bn2, conv2."""
+
+    v_conv2: torch.Tensor
+    v_bn_conv1: torch.Tensor
 
     def __init__(self, channels: int, spatial_size: int) -> None:
         super().__init__()

@@ -111,7 +111,7 @@ class RunSection(Checked):
         self.require_positive("extra_evaluations", "threads")
 
 
-SECTIONS: dict[str, type[Checked]] = {
+SECTIONS: dict[str, type[Any]] = {
     "model": ResNetConfig,
     "coupling": CouplingSection,
     "optim": OptimSection,

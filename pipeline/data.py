@@ -39,7 +39,7 @@ CLUTTER_SEED = 0  # one Digitclutter data set for every trial; `seed` only picks
 # Digitclutter images come from one fixed distribution, so their normalisation is the
 # generator's: mean and std (in [0, 1] units) of 100,000 training images (seed 0), checked
 # against fresh samples in tests/test_data.py. The test split then needs no training split.
-DIGITCLUTTER_STATS = {
+DIGITCLUTTER_STATS: dict[int, tuple[tuple[float, ...], tuple[float, ...]]] = {
     3: ((0.3966,), (0.2091,)),
     4: ((0.3851,), (0.2225,)),
     5: ((0.3764,), (0.2316,)),

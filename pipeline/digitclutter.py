@@ -79,9 +79,9 @@ def _render_glyph(digit: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
     face = Image.new("L", (width, height), 0)
     ImageDraw.Draw(face).text(origin, str(digit), fill=255, font=font, anchor="ls")
     squeezed = round(width * X_SCALE)
-    outer = np.asarray(outer.resize((squeezed, height), Image.Resampling.LANCZOS), np.float32)
-    face = np.asarray(face.resize((squeezed, height), Image.Resampling.LANCZOS), np.float32)
-    outer_alpha, face_alpha = outer / 255.0, face / 255.0
+    resize = (squeezed, height)
+    outer_alpha = np.asarray(outer.resize(resize, Image.Resampling.LANCZOS), np.float32) / 255.0
+    face_alpha = np.asarray(face.resize(resize, Image.Resampling.LANCZOS), np.float32) / 255.0
     keep = (1.0 - outer_alpha) * (1.0 - face_alpha)
     add = 255.0 * outer_alpha * (1.0 - face_alpha)
     # Trim rows and columns the glyph leaves untouched.

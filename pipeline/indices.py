@@ -171,7 +171,7 @@ def _stage_pass(model: ResNet, s: int, h: torch.Tensor) -> tuple[torch.Tensor, l
     """Return stage s's input (after its transition) and the output of each of its blocks."""
     x = model.transitions[s - 1](h) if s > 0 else h
     outputs, z = [], x
-    for block in model.stages[s].blocks:
+    for block in model.stage_modules()[s].blocks:
         z = block(z, x)
         outputs.append(z)
     return x, outputs
@@ -241,7 +241,7 @@ def perturbation_curves(
             # Each stage's perturbations run as soon as its blocks have, so only one stage's
             # block outputs (N states of the batch) are held at a time.
             h = model.stem(inputs)
-            for s, stage in enumerate(model.stages):
+            for s, stage in enumerate(model.stage_modules()):
                 stage_input, outputs = _stage_pass(model, s, h)
                 pending = _BranchBatch(model, s, task, targets, counts, max_branch_examples)
                 _queue_branches(

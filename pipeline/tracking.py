@@ -236,11 +236,10 @@ class TrialRun:
 
 def curve_metrics(curves: pd.DataFrame, timestamp: int) -> list[Metric]:
     """Return each perturbation curve as a stepped metric `curve/<curve>/stage<s>`."""
+    rows = zip(curves["curve"], curves["stage"], curves["step"], curves["error"], strict=True)
     return [
-        Metric(
-            f"curve/{row.curve}/stage{int(row.stage)}", float(row.error), timestamp, int(row.step)
-        )
-        for row in curves.itertuples(index=False)
+        Metric(f"curve/{curve}/stage{int(stage)}", float(error), timestamp, int(step))
+        for curve, stage, step, error in rows
     ]
 
 

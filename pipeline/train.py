@@ -19,9 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 
-from models import build_model, converge_power_iteration, parameter_count
+from models import ResNet, build_model, converge_power_iteration, parameter_count
 from pipeline.config import TrialConfig, apply_overrides, network_shape
 from pipeline.coupling import GradientCoupler
 from pipeline.data import Dataset, DeviceLoader, load_dataset
@@ -65,7 +64,7 @@ class Trial:
     config: TrialConfig
     device: torch.device
     task: Task
-    model: nn.Module
+    model: ResNet
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     coupler: GradientCoupler | None
@@ -375,8 +374,7 @@ def run_trial(
     trial = build_trial(config, device)
     path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     history: list[dict[str, float]] = []
-    resumed = path is not None and path.exists()
-    if resumed:
+    if path is not None and path.exists():
         history = load_checkpoint(path, trial)
         logger.info("resumed %s after epoch %d", path, len(history))
     for epoch in range(len(history) + 1, config.optim.epochs + 1):

@@ -1,4 +1,4 @@
-"""Running a checked sweep: the tracking server, the Ray cluster and the Tune run (DESIGN 8)."""
+"""Running a checked sweep: tracking server, Ray cluster and Tune run (docs/sweeps.md)."""
 
 from __future__ import annotations
 

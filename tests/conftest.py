@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "faults"))
+from iterconv_faults import fail_as_epoch_starts
 
 CIFAR_LAYOUT = {
     "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch"),
@@ -133,3 +137,12 @@ def cifar100_root(tmp_path: Path) -> Path:
 def mnist_root(tmp_path: Path) -> Path:
     """Return a data root holding an MNIST of 200 train / 100 test images (gzipped idx)."""
     return write_mnist(tmp_path / "data", n_train=200, n_test=100)
+
+
+@pytest.fixture
+def inject_fault() -> Iterator[Callable[[int], None]]:
+    """Return `inject(epoch)`: the next trial in this process fails once as `epoch` starts."""
+    undo: list[Callable[[], None]] = []
+    yield lambda epoch: undo.append(fail_as_epoch_starts(epoch))
+    for step in reversed(undo):
+        step()

@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 import pandas as pd
 import pytest
 from conftest import write_cifar
+from iterconv_faults import InjectedFault, fail_as_epoch_starts
 from mlflow.tracking import MlflowClient
 from mlflow_fixtures import mlflow_server
 
@@ -20,7 +21,7 @@ from analysis import aggregate as aggregate_cli
 from analysis.collect import CURVE_COLUMNS, aggregate_to, read_tables
 from pipeline.config import TrialConfig
 from pipeline.tracking import TrialRun
-from pipeline.train import InjectedFault, run_trial
+from pipeline.train import run_trial
 
 __all__ = ["mlflow_server"]  # a fixture (a real `mlflow server` process) used below
 
@@ -61,13 +62,14 @@ def log_trial(uri: str, grid: str, config: TrialConfig, trial_id: str, outcome: 
     run = TrialRun.open(uri, grid, trial_id, config, grid)
     if outcome == "running":
         return run.run_id
-    if outcome == "failed":
-        config = config.with_updates({"run.fail_at_epoch": 1})
+    undo = fail_as_epoch_starts(1) if outcome == "failed" else (lambda: None)
     try:
         result = run_trial(config, report=lambda metrics, _: run.log_epoch(metrics))
     except InjectedFault as error:
         run.fail(error)
         return run.run_id
+    finally:
+        undo()
     run.finish(result)
     return run.run_id
 

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from models import ResNetConfig
-from vocabulary import BLOCK_TYPES
 from pipeline.config import (
     SECTIONS,
     TrialConfig,
@@ -20,6 +19,7 @@ from pipeline.config import (
     parse_value,
 )
 from pipeline.tasks import TASKS, task_for
+from vocabulary import BLOCK_TYPES
 
 CONTRACT_DEFAULTS = {
     "model.width": 16,

@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 
 from models import ResNetConfig, build_model, converge_power_iteration
-from vocabulary import BLOCK_TYPES
 from pipeline.indices import (
     iteration_indices,
     naive_perturbation_curves,
@@ -18,6 +17,7 @@ from pipeline.indices import (
     perturbation_schedules,
 )
 from pipeline.tasks import task_for
+from vocabulary import BLOCK_TYPES
 
 EXTRA = 3
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from iterconv_faults import fault_environment
 from mlflow import MlflowClient
 from mlflow_fixtures import mlflow_server, sweep_data_root
 from ray.autoscaler._private.util import prepare_config, validate_config
@@ -293,15 +294,17 @@ def test_failed_trial_is_retried_into_the_same_run(
     tmp_path: Path, mlflow_server, sweep_data_root: Path
 ) -> None:
     experiment = "fault"
+    # 1-based: the trial dies as epoch 2 starts, after epoch 1's checkpoint, once.
+    fault = fault_environment(2, tmp_path / "fault-fired")
     result = launch(
         "smoke",
         *TINY,
-        "run.fail_at_epoch=2",  # 1-based: dies as epoch 2 starts, after epoch 1's checkpoint
         "--limit=1",
         f"--tracking-uri={mlflow_server.uri}",
         f"--experiment={experiment}",
         f"--storage={tmp_path / 'results'}",
         f"--data-root={sweep_data_root}",
+        env=clean_env(**fault),
     )
     assert result.returncode == 0, explain(result)
     assert "retrying" in result.stdout

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from iterconv_faults import InjectedFault
 from mlflow import MlflowClient
 from mlflow_fixtures import mlflow_client, mlflow_server, sweep_data_root
 
@@ -24,7 +25,7 @@ from pipeline.tracking import (
     git_commit,
     run_name,
 )
-from pipeline.train import InjectedFault, run_trial
+from pipeline.train import run_trial
 
 __all__ = ["mlflow_client", "mlflow_server", "sweep_data_root"]  # fixtures used below
 
@@ -102,10 +103,11 @@ def test_ensure_experiment_is_idempotent(mlflow_client: MlflowClient) -> None:
 
 
 def test_retried_trial_logs_into_one_run_each_epoch_once(
-    mlflow_server, mlflow_client: MlflowClient, sweep_data_root: Path, tmp_path: Path
+    mlflow_server, mlflow_client: MlflowClient, sweep_data_root: Path, tmp_path: Path, inject_fault
 ) -> None:
     experiment, trial_id = f"exp-{uuid.uuid4().hex[:8]}", "trial_00000"
-    config = tiny_config(sweep_data_root, **{"run.fail_at_epoch": 2})
+    config = tiny_config(sweep_data_root)
+    inject_fault(2)
     checkpoints = str(tmp_path / "checkpoints")
 
     run = TrialRun.open(mlflow_server.uri, experiment, trial_id, config, grid="unit")

@@ -12,14 +12,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from iterconv_faults import InjectedFault
 
 from models import parameter_count
-from pipeline.config import TrialConfig, model_config
+from pipeline.config import TrialConfig, network_shape
 from pipeline.tasks import task_for
 from pipeline.train import (
     CHECKPOINT_NAME,
     DivergenceError,
-    InjectedFault,
     TrialResult,
     lr_factor,
     main,
@@ -195,12 +195,13 @@ def test_trial_reports_after_each_checkpoint(uninterrupted) -> None:
 
 
 def test_resume_after_injected_fault_is_bit_identical(
-    uninterrupted, clutter_root: str, tmp_path: Path
+    uninterrupted, clutter_root: str, tmp_path: Path, inject_fault
 ) -> None:
     reference, reference_dir, _ = uninterrupted
-    config = clutter_config(clutter_root, TINY, {"run.fail_at_epoch": 2})
+    config = clutter_config(clutter_root, TINY)
+    inject_fault(2)
     reports = Reports()
-    with pytest.raises(InjectedFault, match=r"run\.fail_at_epoch=2"):
+    with pytest.raises(InjectedFault, match="epoch 2 starts"):
         run_trial(config, reports, str(tmp_path))
     assert checkpoint(tmp_path)["epoch"] == 1
     assert len(reports.calls) == 1
@@ -297,9 +298,9 @@ def test_torchvision_format_trial_runs_end_to_end(
     )
     result = run_trial(config)
     assert_valid_result(result, epochs=2)
-    resnet = model_config(config)
-    assert resnet.in_channels == (3 if dataset == "cifar10" else 1)
-    assert result.metrics["parameters"] == parameter_count(resnet)
+    shape = network_shape(config)
+    assert shape["in_channels"] == (3 if dataset == "cifar10" else 1)
+    assert result.metrics["parameters"] == parameter_count(config.model, **shape)
     # Nothing printed; one log line per epoch.
     assert capsys.readouterr() == ("", "")
     lines = [r.getMessage() for r in caplog.records if r.name == "iterconv.train"]
