@@ -10,6 +10,7 @@ import pandas as pd
 from analysis.collect import CURVE_COLUMNS, CURVES_FILE, RUNS_FILE
 from analysis.conditions import (
     DATASET_ORDER,
+    INDEX_NAMES,
     dataset_label,
     ordered_train_sizes,
     variant_order,
@@ -141,7 +142,7 @@ def summary_markdown(runs: pd.DataFrame) -> str:
                 )
             )
         lines.append("| " + " | ".join(cells) + " |")
-    missing = int(runs[["ci", "ri", "di"]].isna().any(axis=1).sum()) if "ci" in runs else 0
+    missing = int(runs[list(INDEX_NAMES)].isna().any(axis=1).sum()) if "ci" in runs else 0
     if missing:
         lines += ["", f"{missing} run(s) without indices: their final error is at chance."]
     return "\n".join(lines) + "\n"

@@ -18,9 +18,10 @@ import time
 import pandas as pd
 import torch
 
-from models import BLOCK_TYPES, ResNetConfig, build_model, converge_power_iteration
+from models import ResNetConfig, build_model, converge_power_iteration
 from pipeline.indices import naive_perturbation_curves, perturbation_curves
 from pipeline.tasks import task_for
+from vocabulary import BLOCK_TYPES
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

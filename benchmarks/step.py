@@ -21,7 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from models import ResNetConfig, build_model
-from pipeline.coupling import KERNELS, GradientCoupler
+from pipeline.config import CouplingSection
+from pipeline.coupling import GradientCoupler
+from vocabulary import KERNELS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,7 +61,8 @@ def make_step(
     optimiser = torch.optim.SGD(
         model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4
     )
-    coupler = GradientCoupler(model, coupling, kernel=args.kernel) if coupling > 0 else None
+    settings = CouplingSection(lam=coupling, kernel=args.kernel)
+    coupler = GradientCoupler(model, settings) if coupling > 0 else None
     inputs = torch.randn(args.batch_size, 3, 32, 32, device=device)
     targets = torch.randint(0, 10, (args.batch_size,), device=device)
 

@@ -16,10 +16,21 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def estimate_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """Return the precision of the bound: float32, or the tensors' own if higher (float64)."""
+    # bf16 under autocast is too coarse for a norm estimate; a float64 network (how its
+    # numerics are checked against dense linear algebra) must not be cut down to float32.
+    dtype = torch.float32
+    for tensor in tensors:
+        dtype = torch.promote_types(dtype, tensor.dtype)
+    return dtype
+
+
 def batchnorm_scale(bn: nn.BatchNorm2d) -> torch.Tensor:
     """Return gamma / sqrt(running_var + eps): the per-channel scale BN applies in evaluation."""
     assert bn.running_var is not None, "the blocks' BN tracks running statistics"
-    return bn.weight.float() / torch.sqrt(bn.running_var + bn.eps)
+    dtype = estimate_dtype(bn.weight, bn.running_var)
+    return bn.weight.to(dtype) / torch.sqrt(bn.running_var.to(dtype) + bn.eps)
 
 
 def batchnorm_with_scale(
@@ -40,7 +51,8 @@ def batchnorm_with_scale(
     )
     # The batch statistics, like the power-iteration vectors, are constants of the bound:
     # its gradient flows through gamma and the convolution weights.
-    return out, bn.weight.float() * inverse_std.detach().float()
+    dtype = estimate_dtype(bn.weight, inputs)
+    return out, bn.weight.to(dtype) * inverse_std.detach().to(dtype)
 
 
 def _normalise(v: torch.Tensor) -> torch.Tensor:
@@ -71,11 +83,11 @@ class SpectralBound(nn.Module):
 
     @staticmethod
     def _conv(v: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(v, weight.float(), padding=1)
+        return F.conv2d(v, weight.to(v.dtype), padding=1)
 
     @staticmethod
     def _conv_adjoint(u: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return F.conv_transpose2d(u, weight.float(), padding=1)
+        return F.conv_transpose2d(u, weight.to(u.dtype), padding=1)
 
     def _bn_conv(self, v: torch.Tensor, weight: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor):
         return s2.view(1, -1, 1, 1) * self._conv(s1.view(1, -1, 1, 1) * v, weight)

@@ -19,12 +19,13 @@ from pipeline.config import TrialConfig
 from pipeline.tracking import TrialRun, run_name
 from pipeline.train import run_trial
 from sweeps.resources import Resources
+from vocabulary import INDEX_NAMES
 
 TRIAL_KEY = "trial"  # param_space key holding a trial's flat config
 # param_space keys of the sweep, the same in every trial: restored with it on --resume.
 GRID_KEY, EXPERIMENT_KEY = "grid", "experiment"
 TRAINABLE_NAME = "iterconv_trial"
-SCORES = ("final_test_error", "ci", "ri", "di")  # printed when a trial finishes
+SCORES = ("final_test_error", *INDEX_NAMES)  # printed when a trial finishes
 
 
 @dataclass(frozen=True)

@@ -31,10 +31,10 @@ def _random_block(channels: int, size: int, seed: int, proper: bool = False) -> 
     return block
 
 
-def _dense(operator, channels: int, size: int) -> torch.Tensor:
+def _dense(operator, channels: int, size: int, dtype=torch.float32) -> torch.Tensor:
     """Return the matrix of a linear map on channels x size x size feature maps."""
     n = channels * size * size
-    basis = torch.eye(n).view(n, channels, size, size)
+    basis = torch.eye(n, dtype=dtype).view(n, channels, size, size)
     return operator(basis).reshape(n, n).T
 
 
@@ -160,3 +160,28 @@ def test_converge_power_iteration_reaches_dense_norm() -> None:
     with torch.no_grad():
         exact = float(torch.linalg.matrix_norm(conv2, 2))
     assert float(block.lipschitz_factors()[0]) == pytest.approx(exact, rel=1e-3)
+
+
+@pytest.mark.parametrize("block", ["icr", "pcr"])
+def test_a_float64_network_trains_and_evaluates_in_float64(block: str) -> None:
+    # model.double() is how a convergent network's numerics are checked against dense algebra.
+    torch.manual_seed(9)
+    model = build_model(ResNetConfig(width=2, blocks_per_stage=2, block=block)).double()
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    model.train()
+    model(x).sum().backward()  # batch statistics and one power-iteration step
+    model.eval()
+    assert model(x).dtype == torch.float64
+    bounds = [b.lipschitz_bound() for stage in model.stages for b in stage.blocks]
+    assert all(bound.dtype == torch.float64 for bound in bounds)
+
+
+def test_the_float64_estimate_keeps_float64_accuracy() -> None:
+    # At the exact top singular vector, ||A v|| is sigma to float64 round-off (~1e-16); a
+    # float32 estimate would be off by ~1e-7.
+    block = _random_block(3, 6, seed=4).double()
+    conv2 = _dense(lambda v: F.conv2d(v, block.conv2.weight, padding=1), 3, 6, torch.float64)
+    with torch.no_grad():
+        _, sigmas, right = torch.linalg.svd(conv2)
+        block.spectral.v_conv2.copy_(right[0].view(1, 3, 6, 6))
+    assert float(block.lipschitz_factors()[0]) == pytest.approx(float(sigmas[0]), rel=1e-12)
