@@ -225,7 +225,7 @@ def _check_finite(losses: torch.Tensor, epoch: int) -> None:
 def evaluate(trial: Trial, batches: Iterable | None = None) -> tuple[float, float]:
     """Return (mean loss, error) in evaluation mode over `batches` (default: the test split).
 
-    Always in fp32 (DESIGN 7): autocast is for training only.
+    Always in fp32 (docs/method.md): autocast is for training only.
     """
     model, task, device = trial.model, trial.task, trial.device
     model.eval()
