@@ -48,6 +48,7 @@ from sharing import WorkerError, WorkerPool, WorkerSpec  # noqa: E402
 from train import random_cifar  # noqa: E402
 
 from models import ResNetConfig  # noqa: E402
+from models.resnet import IMAGE_SIZE  # noqa: E402
 from pipeline.calibration import (  # noqa: E402
     CALIBRATION_ENV,
     CALIBRATION_FORMAT,
@@ -129,20 +130,22 @@ def peak_tflops(name: str) -> float | None:
     return next((peak for key, peak in PEAK_BF16_TFLOPS if key in name), None)
 
 
-def training_flops_per_image(cfg: ResNetConfig) -> float:
+def training_flops_per_image(
+    cfg: ResNetConfig, in_channels: int = 3, num_classes: int = 10
+) -> float:
     """Return the model FLOPs of one training image: 3x the forward's convolutions and read-out.
 
     A multiply-add counts as 2 FLOPs; the backward pass costs twice the forward (inputs and
     weights); BN, ReLU and the power iteration are left out (they move memory, not FLOPs).
     """
-    w, n, size = cfg.width, cfg.blocks_per_stage, cfg.image_size
-    forward = 2 * 9 * cfg.in_channels * w * size * size  # stem
+    w, n, size = cfg.width, cfg.blocks_per_stage, IMAGE_SIZE
+    forward = 2 * 9 * in_channels * w * size * size  # stem
     for s in range(3):
         c, hw = w * 2**s, (size // 2**s) ** 2
         forward += n * 2 * (2 * 9 * c * c * hw)  # two convolutions per block
         if s < 2:
             forward += 2 * 9 * c * 2 * c * (hw // 4)  # stride-2 transition
-    forward += 2 * 4 * w * cfg.num_classes
+    forward += 2 * 4 * w * num_classes
     return 3.0 * forward
 
 

@@ -59,14 +59,16 @@ class PackedBlock(nn.Module):
 class PackedResNet(nn.Module):
     """K ordinary ResNets of one config: inputs [B, K*C, H, W] -> logits [B, K, classes]."""
 
-    def __init__(self, cfg: ResNetConfig, packs: int) -> None:
+    def __init__(
+        self, cfg: ResNetConfig, packs: int, in_channels: int = 3, num_classes: int = 10
+    ) -> None:
         super().__init__()
         if cfg.block != "ordinary":
             raise ValueError(f"block={cfg.block!r}: the packing prototype packs ordinary blocks")
         self.cfg, self.packs = cfg, packs
         widths = [cfg.width * 2**s for s in range(NUM_STAGES)]
         self.stem = nn.Conv2d(
-            packs * cfg.in_channels, packs * cfg.width, 3, padding=1, groups=packs, bias=False
+            packs * in_channels, packs * cfg.width, 3, padding=1, groups=packs, bias=False
         )
         self.stages = nn.ModuleList(
             nn.ModuleList(PackedBlock(w, packs) for _ in range(cfg.blocks_per_stage))
@@ -77,8 +79,8 @@ class PackedResNet(nn.Module):
             for w in widths[:-1]
         )
         self.head_bn = nn.BatchNorm2d(packs * widths[-1])
-        self.fc_weight = nn.Parameter(torch.zeros(packs, cfg.num_classes, widths[-1]))
-        self.fc_bias = nn.Parameter(torch.zeros(packs, cfg.num_classes))
+        self.fc_weight = nn.Parameter(torch.zeros(packs, num_classes, widths[-1]))
+        self.fc_bias = nn.Parameter(torch.zeros(packs, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the logits of every packed network, [batch, packs, classes]."""
@@ -95,7 +97,8 @@ class PackedResNet(nn.Module):
     @classmethod
     def from_models(cls, models: Sequence[ResNet]) -> PackedResNet:
         """Return the packed network holding copies of these ResNets' weights and statistics."""
-        packed = cls(models[0].cfg, len(models))
+        first = models[0]
+        packed = cls(first.cfg, len(models), first.stem.in_channels, first.head.fc.out_features)
         with torch.no_grad():
             _pack_conv(packed.stem, [m.stem for m in models])
             for s, blocks in enumerate(packed.stages):

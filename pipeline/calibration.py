@@ -86,8 +86,10 @@ def parse_calibration(data: Any, path: str) -> Calibration:
     for key in ("images_per_second", "gpu_share"):
         table = data.get(key)
         try:
+            if not isinstance(table, dict):
+                raise TypeError
             tables[key] = {int(w): float(v) for w, v in table.items()}
-        except (AttributeError, TypeError, ValueError):
+        except (TypeError, ValueError):
             raise fail(f"{key} {table!r}: expected {{width: number}}") from None
         if not tables[key] or not all(v > 0 for v in tables[key].values()):
             raise fail(f"{key} {table!r}: expected positive numbers for at least one width")

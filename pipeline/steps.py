@@ -45,12 +45,13 @@ def sgd_update(
     """Apply torch.optim.SGD's update (dampening 0) with a learning rate held in a tensor."""
     # The same sequence of foreach operations as torch.optim.SGD's multi-tensor path, except
     # that the step is scaled by a device tensor: a Python float would be frozen into a graph.
+    decayed: list[torch.Tensor] | tuple[torch.Tensor, ...] = grads
     if weight_decay != 0:
-        grads = torch._foreach_add(grads, params, alpha=weight_decay)
+        decayed = torch._foreach_add(grads, params, alpha=weight_decay)
     torch._foreach_mul_(buffers, momentum)
-    torch._foreach_add_(buffers, grads)
-    grads = torch._foreach_add(grads, buffers, alpha=momentum) if nesterov else buffers
-    torch._foreach_add_(params, torch._foreach_mul(grads, -lr))
+    torch._foreach_add_(buffers, decayed)
+    steps = torch._foreach_add(decayed, buffers, alpha=momentum) if nesterov else buffers
+    torch._foreach_add_(params, torch._foreach_mul(steps, -lr))
 
 
 class TrainStep:
