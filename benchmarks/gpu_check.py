@@ -697,7 +697,12 @@ def calibration_document(report: Report, step_mode: str, strategies, size: Size)
 
 
 def _git_commit() -> str:
-    done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
+        )
+    except OSError:  # no git here (the cluster image)
+        return "unknown"
     return done.stdout.strip() or "unknown"
 
 
