@@ -428,7 +428,8 @@ def measure_sharing(
             return rates
         spec = WorkerSpec(device.type, size.blocks, size.batch_size, 4 * size.batch_size, step_mode)
         try:
-            with WorkerPool(max(size.counts), spec, env) as pool:
+            # Under MPS a client that cannot join the server waits: give up sooner.
+            with WorkerPool(max(size.counts), spec, env, timeout=60 if mps else 120) as pool:
                 extra = () if mps else tuple(set(size.pack_widths) - set(size.sharing_widths))
                 for width in size.sharing_widths + extra:
                     single = None

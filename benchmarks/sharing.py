@@ -151,7 +151,11 @@ class WorkerPool:
         finally:
             os.environ.clear()
             os.environ.update(saved)
-        self._gather(range(count), "ready")
+        try:
+            self._gather(range(count), "ready")
+        except WorkerError:
+            self.close()  # nothing may linger on the device after a failed start
+            raise
 
     def _gather(self, workers, expected: str) -> list[tuple]:
         answers = []
