@@ -1,11 +1,12 @@
-# The two commands of the README: `make demo` (the smoke sweep, ending in figures) and
-# `make test` (the whole test suite). Each creates .venv in the clone on first use.
+# The commands of the README: `make demo` (the smoke sweep, ending in figures), `make test`
+# (the whole test suite) and `make gpu-check` (the GPU path, proven and measured). Each creates
+# .venv in the clone on first use.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test lint format venv clean
+.PHONY: demo test gpu-check lint format venv clean
 
 venv: $(STAMP)
 
@@ -26,6 +27,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+gpu-check: $(STAMP)
+	@# On a GPU: the CUDA tests, step modes, sharing, packing, the launcher, and the
+	@# calibration (docs/gpu-check.md). Without one: the quick checks on the CPU.
+	$(PY) benchmarks/gpu_check.py --out results/gpu-check
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -45,7 +45,7 @@ def images_per_second(trial: Trial, repeats: int) -> float:
 def plain(trial: Trial) -> Trial:
     """Return the trial switched to fp32 with contiguous weights (the unoptimised way)."""
     trial.model.to(memory_format=torch.contiguous_format)
-    trial.mixed_precision = False
+    trial.mixed_precision = trial.step.mixed_precision = False
     return trial
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import math
@@ -21,10 +20,12 @@ import pandas as pd
 import torch
 
 from models import ResNet, build_model, converge_power_iteration, parameter_count
+from pipeline.calibration import cuda_step_mode
 from pipeline.config import TrialConfig, apply_overrides, network_shape
 from pipeline.coupling import GradientCoupler
 from pipeline.data import Dataset, DeviceLoader, load_dataset
 from pipeline.indices import iteration_indices, perturbation_curves
+from pipeline.steps import TrainStep
 from pipeline.tasks import Task
 
 logger = logging.getLogger("iterconv.train")
@@ -72,6 +73,7 @@ class Trial:
     test_loader: DeviceLoader
     test_set: Dataset  # the test split, for the indices
     mixed_precision: bool  # bf16 autocast (CUDA only; the benchmark turns it off to compare)
+    step: TrainStep  # forward, backward, coupling, SGD step (its mode: pipeline/steps.py)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -88,13 +90,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
-
-
-def autocast(trial: Trial) -> contextlib.AbstractContextManager:
-    """Return bf16 autocast for a mixed-precision trial, else a no-op (fp32)."""
-    if trial.mixed_precision:
-        return torch.autocast(trial.device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -125,9 +120,15 @@ def load_splits(config: TrialConfig) -> tuple[Dataset, Dataset]:
 
 
 def build_trial(
-    config: TrialConfig, device: torch.device, splits: tuple[Dataset, Dataset] | None = None
+    config: TrialConfig,
+    device: torch.device,
+    splits: tuple[Dataset, Dataset] | None = None,
+    step_mode: str | None = None,
 ) -> Trial:
-    """Return the data, model, optimiser, schedule and coupler of a seeded trial."""
+    """Return the data, model, optimiser, schedule and coupler of a seeded trial.
+
+    `step_mode` (pipeline/steps.py): default eager on a CPU, the calibration's on CUDA.
+    """
     o, seed = config.optim, config.run.seed
     train_set, test_set = splits if splits is not None else load_splits(config)
     seed_everything(seed)  # right before the weights are drawn
@@ -153,6 +154,9 @@ def build_trial(
     coupler = None
     if c.lam > 0:
         coupler = GradientCoupler(model, c)
+    if step_mode is None:
+        step_mode = cuda_step_mode() if device.type == "cuda" else "eager"
+    step = TrainStep(model, optimizer, coupler, train_set.task, mixed_precision, step_mode)
     return Trial(
         config=config,
         device=device,
@@ -165,6 +169,7 @@ def build_trial(
         test_loader=test_loader,
         test_set=test_set,
         mixed_precision=mixed_precision,
+        step=step,
     )
 
 
@@ -186,18 +191,11 @@ def train_epoch(trial: Trial, epoch: int) -> dict[str, float]:
     _synchronise(device)
     start = time.perf_counter()
     for step, (inputs, targets) in enumerate(trial.train_loader):
-        with autocast(trial):
-            logits = model(inputs)
-        loss = task.loss(logits, targets)
-        trial.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if trial.coupler is not None:
-            trial.coupler.apply()
         lr = trial.optimizer.param_groups[0]["lr"]
-        trial.optimizer.step()
+        loss, logits = trial.step(inputs, targets)
         trial.scheduler.step()
-        losses[step] = loss.detach()
-        wrong += task.wrong(logits.detach(), targets).sum()
+        losses[step] = loss
+        wrong += task.wrong(logits, targets).sum()
         sizes.append(len(targets))
     _synchronise(device)
     seconds = time.perf_counter() - start
@@ -225,15 +223,17 @@ def _check_finite(losses: torch.Tensor, epoch: int) -> None:
 
 @torch.no_grad()
 def evaluate(trial: Trial, batches: Iterable | None = None) -> tuple[float, float]:
-    """Return (mean loss, error) in evaluation mode over `batches` (default: the test split)."""
+    """Return (mean loss, error) in evaluation mode over `batches` (default: the test split).
+
+    Always in fp32 (docs/method.md): autocast is for training only.
+    """
     model, task, device = trial.model, trial.task, trial.device
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     wrong = torch.zeros((), dtype=torch.int64, device=device)
     seen = 0
     for inputs, targets in trial.test_loader if batches is None else batches:
-        with autocast(trial):
-            logits = model(inputs)
+        logits = model(inputs)
         loss_sum += task.loss(logits, targets).double() * len(targets)
         wrong += task.wrong(logits, targets).sum()
         seen += len(targets)
@@ -335,7 +335,7 @@ def finish_trial(trial: Trial, history: list[dict[str, float]]) -> TrialResult:
     converge_power_iteration(trial.model)  # no-op for ordinary blocks
     test_loss, test_error = evaluate(trial)
     trial.model.eval()
-    with torch.no_grad(), autocast(trial):
+    with torch.no_grad():  # fp32, like every evaluation
         curves = perturbation_curves(
             trial.model, index_batches(trial), trial.task, trial.config.run.extra_evaluations
         )

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline.calibration import load_calibration
 from pipeline.config import TrialConfig
 from pipeline.data import load_dataset
 from sweeps.grids import GRIDS, trial_configs
@@ -232,8 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         configs = sweep_configs(args)
         resources = Resources(args.gpu_share, args.cpus_per_trial, use_gpus=True)
+        calibration = load_calibration()  # a broken file would fail every trial on CUDA
         if args.dry_run:
-            print(format_dry_run(args.grid, configs, resources))
+            print(format_dry_run(args.grid, configs, resources, calibration))
             return 0
         path = experiment_path(args.storage, args.grid)
         check_sweep_path(path, args.resume)

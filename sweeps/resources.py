@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from pipeline.calibration import Calibration
 from pipeline.config import TrialConfig
 from vocabulary import TRAIN_IMAGES, variant_label
 
@@ -14,7 +15,8 @@ from vocabulary import TRAIN_IMAGES, variant_label
 # goal, docs/benchmarks.md). Widths between entries take the next larger entry.
 DEFAULT_GPU_SHARE: Mapping[int, float] = {8: 0.125, 16: 0.25, 32: 0.25, 64: 0.5}
 # Rough throughput of one trial at N = 16 on its GPU share, in training images per second
-# (ordinary blocks, bf16). Calibrate with benchmarks/; --dry-run prints GPU-hours from it.
+# (ordinary blocks, bf16): the built-in guess, used until `make gpu-check` has written a
+# measured calibration (pipeline/calibration.py); --dry-run says which one it prices with.
 IMAGES_PER_SECOND: Mapping[int, float] = {8: 12_000, 16: 9_000, 32: 5_000, 64: 2_000}
 REFERENCE_BLOCKS = 16  # N at which IMAGES_PER_SECOND holds; cost scales as N / 16
 SPECTRAL_SLOWDOWN = 1.3  # ICR/PCR: a power-iteration step per block and training step
@@ -72,10 +74,16 @@ def train_images(config: TrialConfig) -> int:
     return TRAIN_IMAGES.get(d.dataset, d.clutter_train_images)
 
 
-def gpu_hours(config: TrialConfig, resources: Resources) -> float:
-    """Return the estimated GPU-hours of one trial: its time times its GPU share."""
+def gpu_hours(
+    config: TrialConfig, resources: Resources, rates: Mapping[int, float] | None = None
+) -> float:
+    """Return the estimated GPU-hours of one trial: its time times its GPU share.
+
+    `rates`: images/s of one trial on its share by width (default: IMAGES_PER_SECOND).
+    """
     m = config.model
-    rate = IMAGES_PER_SECOND.get(m.width, min(IMAGES_PER_SECOND.values()))
+    rates = IMAGES_PER_SECOND if rates is None else rates
+    rate = rates.get(m.width, min(rates.values()))
     seconds = config.optim.epochs * (1 + EVALUATION_PASSES) * train_images(config) / rate
     seconds *= m.blocks_per_stage / REFERENCE_BLOCKS
     if m.block != "ordinary":
@@ -83,7 +91,23 @@ def gpu_hours(config: TrialConfig, resources: Resources) -> float:
     return seconds * resources.share(m.width) / 3600
 
 
-def grid_summary(configs: Sequence[TrialConfig], resources: Resources) -> pd.DataFrame:
+def calibrated_rates(
+    calibration: Calibration | None,
+) -> tuple[Mapping[int, float], str]:
+    """Return the rates a grid is priced with and one line saying where they come from."""
+    if calibration is None:
+        return IMAGES_PER_SECOND, (
+            "the built-in guess in sweeps/resources.py (no measured calibration: run "
+            "`make gpu-check` on a GPU, see docs/gpu-check.md)"
+        )
+    return calibration.images_per_second, calibration.describe()
+
+
+def grid_summary(
+    configs: Sequence[TrialConfig],
+    resources: Resources,
+    rates: Mapping[int, float] | None = None,
+) -> pd.DataFrame:
     """Return one row per trial: dataset, block, variant, width, train images, epochs, GPU-hours."""
     return pd.DataFrame(
         {
@@ -93,15 +117,21 @@ def grid_summary(configs: Sequence[TrialConfig], resources: Resources) -> pd.Dat
             "width": c.model.width,
             "train_images": train_images(c),
             "epochs": c.optim.epochs,
-            "gpu_hours": gpu_hours(c, resources),
+            "gpu_hours": gpu_hours(c, resources, rates),
         }
         for c in configs
     )
 
 
-def format_dry_run(name: str, configs: Sequence[TrialConfig], resources: Resources) -> str:
+def format_dry_run(
+    name: str,
+    configs: Sequence[TrialConfig],
+    resources: Resources,
+    calibration: Calibration | None = None,
+) -> str:
     """Return the dry-run report: trial counts by dataset x variant, and the estimated cost."""
-    summary = grid_summary(configs, resources)
+    rates, source = calibrated_rates(calibration)
+    summary = grid_summary(configs, resources, rates)
     counts = pd.crosstab(
         [summary["dataset"], summary["block"]], summary["variant"], margins=True, margins_name="all"
     )
@@ -115,11 +145,11 @@ def format_dry_run(name: str, configs: Sequence[TrialConfig], resources: Resourc
             "trials by dataset and variant:",
             counts.to_string(),
             "",
-            "estimated cost by width (GPU-hours = time x GPU share; rough model in "
-            "sweeps/resources.py):",
+            "estimated cost by width (GPU-hours = time x GPU share; model in sweeps/resources.py):",
             by_width.round(1).to_string(),
             "",
             f"estimated total: {total:.1f} GPU-hours"
             f" (about {total / 8:.1f} hours on 8 GPUs kept full)",
+            f"calibration: {source}",
         ]
     )
