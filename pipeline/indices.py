@@ -347,9 +347,16 @@ def iteration_indices(curves: pd.DataFrame, chance_error: float) -> dict[str, fl
     return indices
 
 
+def undefined_indices() -> dict[str, float]:
+    """Return every index key of iteration_indices with NaN (a network without curves)."""
+    per_stage = {f"{n}_stage{s}": math.nan for s in range(1, NUM_STAGES + 1) for n in INDEX_NAMES}
+    return {**per_stage, **{name: math.nan for name in INDEX_NAMES}}
+
+
 __all__ = [
     "iteration_indices",
     "naive_perturbation_curves",
     "perturbation_curves",
     "perturbation_schedules",
+    "undefined_indices",
 ]

@@ -31,6 +31,11 @@ class Task:
             return 1.0 - 1.0 / math.comb(self.num_classes, self.digits_per_image)
         return 1.0 - 1.0 / self.num_classes
 
+    @property
+    def chance_digit_error(self) -> float:
+        """Return the digit error of guessing n of the C classes: 1 - n/C (Digitclutter only)."""
+        return 1.0 - self.digits_per_image / self.num_classes
+
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Return the mean training loss: cross-entropy, or sigmoid BCE on multi-hot targets."""
         if self.multilabel:
@@ -44,6 +49,11 @@ class Task:
             predicted = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, top, True)
             return (predicted != targets.bool()).any(dim=1)
         return logits.argmax(dim=1) != targets
+
+    def missed_digits(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Return per image how many of its n digits are missing from the top-n outputs."""
+        top = logits.topk(self.digits_per_image, dim=1).indices
+        return self.digits_per_image - targets.bool().gather(1, top).sum(dim=1)
 
 
 TASKS: dict[str, Task] = {

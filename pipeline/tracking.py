@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 TRIAL_ID_TAG = "ray_trial_id"
 ERROR_TAG = "error"
+DIVERGED_TAG = "diverged"  # "true" when the training loss became non-finite
+DIVERGED_EPOCH_TAG = "diverged_epoch"
 # The per-epoch metric whose history says which epochs a reopened run already has.
 EPOCH_HISTORY_METRIC = "test_error"
 FINAL_METRIC_KEYS = (
@@ -225,6 +227,11 @@ class TrialRun:
             path = os.path.join(directory, "curves.parquet")
             result.curves.to_parquet(path, index=False)
             self.client.log_artifact(self.run_id, path)
+        # A diverged trial is a result (error at chance, NaN indices), so its run FINISHES.
+        tags = {DIVERGED_TAG: str(result.diverged).lower()}
+        if result.diverged_epoch is not None:
+            tags[DIVERGED_EPOCH_TAG] = str(result.diverged_epoch)
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         self.client.set_terminated(self.run_id, status="FINISHED")
 
     def fail(self, error: BaseException) -> None:

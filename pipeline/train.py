@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -24,9 +25,10 @@ from pipeline.calibration import cuda_step_mode
 from pipeline.config import TrialConfig, apply_overrides, network_shape
 from pipeline.coupling import GradientCoupler
 from pipeline.data import Dataset, DeviceLoader, load_dataset
-from pipeline.indices import iteration_indices, perturbation_curves
+from pipeline.indices import iteration_indices, perturbation_curves, undefined_indices
 from pipeline.steps import TrainStep
 from pipeline.tasks import Task
+from vocabulary import CURVE_COLUMNS
 
 logger = logging.getLogger("iterconv.train")
 
@@ -42,6 +44,10 @@ Report = Callable[[dict[str, float], str | None], None]
 class DivergenceError(RuntimeError):
     """The training loss became non-finite."""
 
+    def __init__(self, message: str, epoch: int) -> None:
+        super().__init__(message)
+        self.epoch = epoch  # 1-based epoch in which the loss stopped being finite
+
 
 @dataclass
 class TrialResult:
@@ -52,6 +58,12 @@ class TrialResult:
     indices: dict[str, float]  # ci, ri, di and their per-stage values
     curves: pd.DataFrame  # columns stage, curve, step, error
     history: list[dict[str, float]] = field(default_factory=list)  # one dict per epoch
+    diverged_epoch: int | None = None  # the epoch whose training loss became non-finite
+
+    @property
+    def diverged(self) -> bool:
+        """Return True if training diverged (the result then counts at chance)."""
+        return self.diverged_epoch is not None
 
     def summary(self) -> dict[str, float]:
         """Return the final metrics and the indices as one flat dict."""
@@ -217,40 +229,50 @@ def _check_finite(losses: torch.Tensor, epoch: int) -> None:
         step = int(bad[0])
         raise DivergenceError(
             f"training diverged at epoch {epoch}, step {step + 1} of {len(losses)}: "
-            f"loss {float(losses[step])}"
+            f"loss {float(losses[step])}",
+            epoch,
         )
 
 
-@torch.no_grad()
-def evaluate(trial: Trial, batches: Iterable | None = None) -> tuple[float, float]:
-    """Return (mean loss, error) in evaluation mode over `batches` (default: the test split).
+def full_precision(trial: Trial) -> contextlib.AbstractContextManager:
+    """Return a context with autocast off: evaluation is fp32 even inside a bf16 region."""
+    # The Divergence Index applies the last block up to K more times: bf16 rounding would
+    # compound there, so test error, curves and indices never run under autocast.
+    return torch.autocast(trial.device.type, enabled=False)
 
-    Always in fp32 (docs/method.md): autocast is for training only.
-    """
+
+@torch.no_grad()
+def evaluate(trial: Trial, batches: Iterable | None = None) -> dict[str, float]:
+    """Return test_loss, test_error (and Digitclutter's test_digit_error), in fp32, eval mode."""
     model, task, device = trial.model, trial.task, trial.device
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     wrong = torch.zeros((), dtype=torch.int64, device=device)
+    missed = torch.zeros((), dtype=torch.int64, device=device)
     seen = 0
-    for inputs, targets in trial.test_loader if batches is None else batches:
-        logits = model(inputs)
-        loss_sum += task.loss(logits, targets).double() * len(targets)
-        wrong += task.wrong(logits, targets).sum()
-        seen += len(targets)
-    return float(loss_sum) / seen, int(wrong) / seen
+    with full_precision(trial):
+        for inputs, targets in trial.test_loader if batches is None else batches:
+            logits = model(inputs)
+            loss_sum += task.loss(logits, targets).double() * len(targets)
+            wrong += task.wrong(logits, targets).sum()
+            if task.multilabel:
+                missed += task.missed_digits(logits, targets).sum()
+            seen += len(targets)
+    metrics = {"test_loss": float(loss_sum) / seen, "test_error": int(wrong) / seen}
+    if task.multilabel:
+        metrics["test_digit_error"] = int(missed) / (seen * task.digits_per_image)
+    return metrics
 
 
 def run_epoch(trial: Trial, epoch: int) -> dict[str, float]:
     """Train and evaluate one epoch; return its metrics (keys as in the contract)."""
     start = time.perf_counter()
     train = train_epoch(trial, epoch)
-    test_loss, test_error = evaluate(trial)
     return {
         "epoch": epoch,
         "train_loss": train["train_loss"],
         "train_error": train["train_error"],
-        "test_loss": test_loss,
-        "test_error": test_error,
+        **evaluate(trial),
         "lr": train["lr"],
         "images_per_second": train["images_per_second"],
         "epoch_seconds": time.perf_counter() - start,
@@ -333,22 +355,52 @@ def index_batches(trial: Trial) -> DeviceLoader:
 def finish_trial(trial: Trial, history: list[dict[str, float]]) -> TrialResult:
     """Converge the spectral bounds, evaluate, and compute the perturbation curves and indices."""
     converge_power_iteration(trial.model)  # no-op for ordinary blocks
-    test_loss, test_error = evaluate(trial)
+    final = evaluate(trial)
     trial.model.eval()
-    with torch.no_grad():  # fp32, like every evaluation
+    with torch.no_grad(), full_precision(trial):
         curves = perturbation_curves(
             trial.model, index_batches(trial), trial.task, trial.config.run.extra_evaluations
         )
     indices = iteration_indices(curves, trial.task.chance_error)
     metrics = {
-        "final_test_error": test_error,
-        "final_test_loss": test_loss,
+        **{f"final_{key}": value for key, value in final.items()},
         "final_train_loss": history[-1]["train_loss"],
+        **_trial_facts(trial, history),
+    }
+    return TrialResult(trial.config, metrics, dict(indices), curves, history)
+
+
+def _trial_facts(trial: Trial, history: list[dict[str, float]]) -> dict[str, float]:
+    """Return the epochs run, training time, parameter count and the task's chance levels."""
+    facts = {
         "epochs": len(history),
         "train_seconds": sum(h["epoch_seconds"] for h in history),
         "parameters": parameter_count(trial.config.model, **network_shape(trial.config)),
+        "chance_error": trial.task.chance_error,
     }
-    return TrialResult(trial.config, metrics, dict(indices), curves, history)
+    if trial.task.multilabel:
+        facts["chance_digit_error"] = trial.task.chance_digit_error
+    return facts
+
+
+def diverged_result(
+    trial: Trial, history: list[dict[str, float]], error: DivergenceError
+) -> TrialResult:
+    """Return the result of a diverged trial: error at chance, indices undefined (NaN)."""
+    # A diverged network is counted, not dropped: leaving it out would make the conditions
+    # most likely to diverge (high coupling, ICR) look better than they are.
+    task = trial.task
+    metrics = {
+        "final_test_error": task.chance_error,
+        "final_test_loss": math.nan,
+        "final_train_loss": math.nan,
+        "diverged_epoch": error.epoch,
+        **_trial_facts(trial, history),
+    }
+    if task.multilabel:
+        metrics["final_test_digit_error"] = task.chance_digit_error
+    curves = pd.DataFrame(columns=list(CURVE_COLUMNS))
+    return TrialResult(trial.config, metrics, undefined_indices(), curves, history, error.epoch)
 
 
 def _epoch_line(metrics: dict[str, float], epochs: int) -> str:
@@ -378,7 +430,11 @@ def run_trial(
         history = load_checkpoint(path, trial)
         logger.info("resumed %s after epoch %d", path, len(history))
     for epoch in range(len(history) + 1, config.optim.epochs + 1):
-        metrics = run_epoch(trial, epoch)
+        try:
+            metrics = run_epoch(trial, epoch)
+        except DivergenceError as error:
+            logger.warning("%s: the trial ends as diverged", error)
+            return diverged_result(trial, history, error)
         history.append(metrics)
         if path is not None:
             save_checkpoint(path, trial, history)

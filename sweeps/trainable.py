@@ -138,6 +138,9 @@ class ProgressLines(tune.Callback):
         """Print a finished trial's final error and indices."""
         result = trial.last_result or {}
         scores = ", ".join(f"{key} {result[key]:.3f}" for key in SCORES if key in result)
+        if "diverged_epoch" in result:
+            epoch = int(result["diverged_epoch"])
+            scores = f"DIVERGED in epoch {epoch}, counted at chance ({scores})"
         self._print(trials, trial, f"finished {trial}: {scores}", ended=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -6,6 +6,7 @@ import itertools
 import json
 import logging
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -21,10 +22,14 @@ from pipeline.train import (
     CHECKPOINT_NAME,
     DivergenceError,
     TrialResult,
+    build_trial,
+    evaluate,
+    finish_trial,
     lr_factor,
     main,
     resolve_device,
     run_trial,
+    train_epoch,
 )
 
 EPOCH_KEYS = {
@@ -44,7 +49,21 @@ FINAL_KEYS = {
     "epochs",
     "train_seconds",
     "parameters",
+    "chance_error",
 }
+# Digitclutter also counts digits: the fraction of an image's n digits not in the top n.
+DIGIT_KEYS = {
+    "epoch": {"test_digit_error"},
+    "final": {"final_test_digit_error", "chance_digit_error"},
+}
+
+
+def expected_keys(task, kind: str) -> set[str]:
+    """Return the metric keys of an epoch or of a trial's end for this task."""
+    keys = EPOCH_KEYS if kind == "epoch" else FINAL_KEYS
+    return keys | DIGIT_KEYS[kind] if task.multilabel else keys
+
+
 INDEX_KEYS = {f"{i}{s}" for i in ("ci", "ri", "di") for s in ("", "_stage1", "_stage2", "_stage3")}
 
 # Digitclutter-3, small enough for a loaded CPU; the cache is shared by every trial below.
@@ -126,7 +145,7 @@ def checkpoint(directory: Path) -> dict:
 
 def assert_valid_result(result: TrialResult, epochs: int) -> None:
     """Check a result's keys, ranges and curves."""
-    assert set(result.metrics) == FINAL_KEYS
+    assert set(result.metrics) == expected_keys(result.config.task, "final")
     assert set(result.indices) == INDEX_KEYS
     if result.metrics["final_test_error"] < result.config.task.chance_error:
         assert all(0.0 <= v <= 1.0 for v in result.indices.values()), result.indices
@@ -134,7 +153,7 @@ def assert_valid_result(result: TrialResult, epochs: int) -> None:
         assert all(math.isnan(v) for v in result.indices.values()), result.indices
     assert result.metrics["epochs"] == epochs
     assert [h["epoch"] for h in result.history] == list(range(1, epochs + 1))
-    assert all(set(h) == EPOCH_KEYS for h in result.history)
+    assert all(set(h) == expected_keys(result.config.task, "epoch") for h in result.history)
     assert all(math.isfinite(v) for h in result.history for v in h.values())
     assert list(result.curves.columns) == ["stage", "curve", "step", "error"]
     assert set(result.curves["stage"]) == {1, 2, 3}
@@ -253,12 +272,57 @@ def test_checkpoint_of_another_trial_is_refused(
         run_trial(clutter_config(clutter_root, TINY, {"optim.lr": 0.3}), None, str(tmp_path))
 
 
-def test_non_finite_loss_raises_divergence_naming_epoch_and_step(clutter_root: str) -> None:
+def test_a_diverged_trial_is_a_result_at_chance_with_undefined_indices(
+    clutter_root: str, caplog: pytest.LogCaptureFixture
+) -> None:
     config = clutter_config(clutter_root, TINY, {"optim.lr": 1e30, "optim.warmup_epochs": 0})
-    with pytest.raises(
-        DivergenceError, match=r"diverged at epoch 1, step \d+ of 4: loss (nan|inf)"
-    ):
-        run_trial(config)
+    result = run_trial(config)  # returns: Tune must not retry a bit-exact repeat of this
+    assert result.diverged and result.diverged_epoch == 1
+    task = config.task
+    assert result.metrics["final_test_error"] == task.chance_error
+    assert result.metrics["final_test_digit_error"] == task.chance_digit_error
+    assert result.metrics["diverged_epoch"] == 1 and result.metrics["epochs"] == 0
+    assert set(result.indices) == INDEX_KEYS
+    assert all(math.isnan(v) for v in result.indices.values())
+    assert result.curves.empty
+    assert re.search(r"diverged at epoch 1, step \d+ of 4: loss (nan|inf)", caplog.text)
+
+
+def test_non_finite_loss_names_epoch_and_step(clutter_root: str) -> None:
+    config = clutter_config(clutter_root, TINY, {"optim.lr": 1e30, "optim.warmup_epochs": 0})
+    trial = build_trial(config, torch.device("cpu"))
+    with pytest.raises(DivergenceError, match=r"diverged at epoch 1, step \d+ of 4") as error:
+        train_epoch(trial, 1)
+    assert error.value.epoch == 1
+
+
+def test_evaluation_runs_in_full_precision_when_training_is_mixed(clutter_root: str) -> None:
+    # On CUDA training runs under bf16 autocast; here bf16 autocast on the CPU stands in.
+    config = clutter_config(clutter_root, TINY, {"optim.epochs": 1, "data.index_examples": 32})
+    trial = build_trial(config, torch.device("cpu"))
+    trial.step.mixed_precision = True
+    seen: list[tuple[str, bool, torch.dtype]] = []
+    phase = ["train"]
+    trial.model.head.register_forward_hook(
+        lambda module, inputs, output: seen.append(
+            (phase[0], torch.is_autocast_enabled("cpu"), output.dtype)
+        )
+    )
+    train_epoch(trial, 1)
+    phase[0] = "evaluate"
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # even inside a caller's bf16 region
+        evaluate(trial)
+        phase[0] = "finish"
+        finish_trial(trial, [run_epoch_metrics()])
+    by_phase = {p: {(enabled, dtype) for q, enabled, dtype in seen if q == p} for p, *_ in seen}
+    assert by_phase["train"] == {(True, torch.bfloat16)}
+    assert by_phase["evaluate"] == {(False, torch.float32)}
+    assert by_phase["finish"] == {(False, torch.float32)}  # test error, curves and indices
+
+
+def run_epoch_metrics() -> dict[str, float]:
+    """Return the history entry finish_trial reads (train loss and epoch time)."""
+    return {"train_loss": 1.0, "epoch_seconds": 1.0}
 
 
 def test_coupled_icr_trial_runs_end_to_end(clutter_root: str, tmp_path: Path) -> None:
