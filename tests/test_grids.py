@@ -29,9 +29,18 @@ def paper_configs() -> list[TrialConfig]:
     return trial_configs("paper_grid")
 
 
-def test_paper_grid_has_912_distinct_trials(paper_configs: list[TrialConfig]) -> None:
-    assert len(paper_configs) == 912
-    assert len({frozen(c.to_flat_dict()) for c in paper_configs}) == 912
+def test_paper_grid_has_915_distinct_trials(paper_configs: list[TrialConfig]) -> None:
+    assert len(paper_configs) == 915  # 304 per seed x 3, and Fig 2's condition to six seeds
+    assert len({frozen(c.to_flat_dict()) for c in paper_configs}) == 915
+    fig2 = [
+        c
+        for c in paper_configs
+        if (c.data.dataset, c.model.width, c.model.block, c.model.recurrent_init, c.coupling.lam)
+        == ("cifar10", 16, "ordinary", False, 0.0)
+        and c.data.train_size is None
+        and c.model.bn_gamma_init == 1.0
+    ]
+    assert sorted(c.run.seed for c in fig2) == [0, 1, 2, 3, 4, 5]
     assert len(main_trials()) == 6 * 5 * 4 * 3
     assert len(convergent_trials()) == 2 * 5 * 4 * 3
     assert len(sample_efficiency_trials()) == (3 + 2) * 5 * 4 * 3
@@ -48,7 +57,7 @@ def test_paper_grid_design(paper_configs: list[TrialConfig]) -> None:
         (True, 1.0),
     }
     assert {c.model.width for c in paper_configs} == {8, 16, 32, 64}
-    assert {c.run.seed for c in paper_configs} == {0, 1, 2}
+    assert {c.run.seed for c in paper_configs} == {0, 1, 2, 3, 4, 5}  # 3..5: Fig 2 only
     convergent = [c for c in paper_configs if c.model.block != "ordinary"]
     assert {c.data.dataset for c in convergent} == {"cifar10"}
     assert {c.model.mu for c in convergent} == {0.95}
@@ -63,7 +72,7 @@ def test_paper_grid_design(paper_configs: list[TrialConfig]) -> None:
 
 @pytest.mark.parametrize("seeds", [1, 2, 5])
 def test_seeds_scale_the_paper_grid(seeds: int) -> None:
-    assert len(grid_trials("paper_grid", seeds)) == 304 * seeds
+    assert len(grid_trials("paper_grid", seeds)) == 304 * seeds + max(0, 6 - seeds)
 
 
 @pytest.mark.parametrize("name", [n for n in GRIDS if n not in ("paper_grid", "smoke")])
