@@ -111,6 +111,10 @@ class RunSection(Checked):
         self.require_positive("extra_evaluations", "threads")
 
 
+# Keys that say where and how a trial runs, not what it computes: two runs that differ only
+# here are the same trial (a retry may move, aggregation counts them once).
+RUN_LOCAL_KEYS = ("data.root", "data.download", "run.device", "run.threads")
+
 SECTIONS: dict[str, type[Any]] = {
     "model": ResNetConfig,
     "coupling": CouplingSection,
@@ -177,6 +181,10 @@ class TrialConfig:
             self.coupling.first_coupled < n,
             f"must be in 0..{n - 1} (model.blocks_per_stage={n})",
         )
+
+    def identity(self) -> tuple[tuple[str, Any], ...]:
+        """Return what makes two trials the same: every flat key but RUN_LOCAL_KEYS."""
+        return tuple((k, v) for k, v in self.to_flat_dict().items() if k not in RUN_LOCAL_KEYS)
 
     def _section_flat(self, section: str) -> dict[str, Any]:
         value = getattr(self, section)
@@ -257,6 +265,7 @@ def network_shape(cfg: TrialConfig) -> dict[str, int]:
 
 
 __all__ = [
+    "RUN_LOCAL_KEYS",
     "SECTIONS",
     "CouplingSection",
     "DataSection",

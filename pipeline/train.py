@@ -22,7 +22,7 @@ import torch
 
 from models import ResNet, build_model, converge_power_iteration, parameter_count
 from pipeline.calibration import cuda_step_mode
-from pipeline.config import TrialConfig, apply_overrides, network_shape
+from pipeline.config import RUN_LOCAL_KEYS, TrialConfig, apply_overrides, network_shape
 from pipeline.coupling import GradientCoupler
 from pipeline.data import Dataset, DeviceLoader, load_dataset
 from pipeline.indices import iteration_indices, perturbation_curves, undefined_indices
@@ -35,8 +35,6 @@ logger = logging.getLogger("iterconv.train")
 CHECKPOINT_NAME = "checkpoint.pt"
 REFERENCE_BATCH = 128  # optim.lr is the peak learning rate per this many examples
 INDEX_SUBSET_SEED = 0  # every trial measures its indices on the same test images
-# Keys that may differ between a run and the retry that resumes its checkpoint.
-RESUMABLE_DIFFERENCES = ("run.device", "run.threads")
 
 Report = Callable[[dict[str, float], str | None], None]
 
@@ -324,10 +322,11 @@ def load_checkpoint(path: Path, trial: Trial) -> list[dict[str, float]]:
     # Our own file: it holds NumPy and Python RNG states, which weights_only refuses.
     state = torch.load(path, map_location="cpu", weights_only=False)
     saved = TrialConfig.from_dict(state["config"]).to_flat_dict()
+    # A retry may run elsewhere (another node, device or data mount): same trial.
     differing = [
         key
         for key, value in trial.config.to_flat_dict().items()
-        if saved[key] != value and key not in RESUMABLE_DIFFERENCES
+        if saved[key] != value and key not in RUN_LOCAL_KEYS
     ]
     if differing:
         raise ValueError(

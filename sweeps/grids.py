@@ -271,7 +271,7 @@ def check_unique(configs: Sequence[TrialConfig]) -> None:
     """Raise ValueError naming the first pair of configs that are equal."""
     seen: dict[tuple, int] = {}
     for index, config in enumerate(configs):
-        key = tuple(sorted(config.to_flat_dict().items(), key=lambda item: item[0]))
+        key = config.identity()
         if key in seen:
             raise ValueError(
                 f"trials {seen[key]} and {index} are identical ({config.to_flat_dict()}): "
