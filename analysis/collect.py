@@ -47,6 +47,7 @@ RUNS_FILE = "runs.parquet"
 CURVES_FILE = "curves.parquet"
 CURVES_ARTIFACT = "curves.parquet"
 CONFIG_ARTIFACT = "config.json"
+ARTIFACTS = (CONFIG_ARTIFACT, CURVES_ARTIFACT)
 BASE_COLUMNS = ("run_id", "run_name", "experiment", "status", "grid", "trial_id", "git_commit")
 TIME_COLUMNS = ("start_time", "end_time")
 CURVE_COLUMNS = ("run_id", *vocabulary.CURVE_COLUMNS)
@@ -141,26 +142,17 @@ def search_runs(client: MlflowClient, experiments: dict[str, str]) -> dict[str, 
 
 def runs_table(runs: dict[str, Run], experiments: dict[str, str]) -> pd.DataFrame:
     """Return what the search tells of each run, one row per run: names, status, times."""
-    rows = []
-    for run in runs.values():
-        info, tags, name = run.info, run.data.tags, experiments[run.info.experiment_id]
-        rows.append(
-            (
-                info.run_id,
-                info.run_name or "",
-                name,
-                info.status,
-                tags.get("grid", name),
-                tags.get("ray_trial_id"),
-                tags.get("git_commit"),
-                info.start_time,
-                info.end_time,
-            )
-        )
-    table = pd.DataFrame(rows, columns=[*BASE_COLUMNS, *TIME_COLUMNS])
+    # `grid`, `git_commit` and `ray_trial_id` are tags; the rest is the run's info.
+    extra = ["experiment_id", "ray_trial_id"]
+    rows = [run.data.tags | dict(run.info) for run in runs.values()]
+    table = pd.DataFrame(rows, columns=[*BASE_COLUMNS, *TIME_COLUMNS, *extra])
+    table["experiment"] = table["experiment_id"].map(experiments)
+    table["grid"] = table["grid"].fillna(table["experiment"])
+    table["trial_id"] = table["ray_trial_id"]
+    table["run_name"] = table["run_name"].fillna("")
     for column in TIME_COLUMNS:
         table[column] = pd.to_datetime(table[column], unit="ms", utc=True)
-    return table.astype({c: "datetime64[ms, UTC]" for c in TIME_COLUMNS})
+    return table.astype({c: "datetime64[ms, UTC]" for c in TIME_COLUMNS}).drop(columns=extra)
 
 
 def final_metrics(run: Run) -> dict[str, float]:
@@ -179,39 +171,21 @@ class ArtifactReader:
     # reading its SQLite store directly needs this folder.
     served_root: Path | None = None
 
-    def _local(self, run: Run) -> Path | None:
-        uri = run.info.artifact_uri or ""
-        if self.served_root is None or not uri.startswith("mlflow-artifacts:"):
-            return None
-        return self.served_root / urlparse(uri).path.lstrip("/")
-
-    def names(self, run: Run) -> set[str]:
-        """Return the names of the run's top-level artifacts (CorruptRunError if unreadable)."""
-        local = self._local(run)
-        if local is not None:
-            return {p.name for p in local.iterdir()} if local.is_dir() else set()
+    def paths(self, run: Run, tmp: str) -> dict[str, Path]:
+        """Return {name: local file} of those of the run's artifacts that we read."""
+        uri, run_id = run.info.artifact_uri or "", run.info.run_id
         try:
-            return {f.path for f in self.client.list_artifacts(run.info.run_id)}
+            if self.served_root is not None and uri.startswith("mlflow-artifacts:"):
+                folder = self.served_root / urlparse(uri).path.lstrip("/")
+                return {n: folder / n for n in ARTIFACTS if (folder / n).exists()}
+            present = {f.path for f in self.client.list_artifacts(run_id)} & set(ARTIFACTS)
+            return {n: Path(self.client.download_artifacts(run_id, n, tmp)) for n in present}
         except (MlflowException, OSError) as error:
-            raise CorruptRunError(self._unreadable(run, error)) from error
-
-    def download(self, run: Run, name: str, tmp: str) -> str:
-        """Return a local path of the artifact `name` (CorruptRunError if unreadable)."""
-        local = self._local(run)
-        if local is not None:
-            return str(local / name)
-        try:
-            return self.client.download_artifacts(run.info.run_id, name, tmp)
-        except (MlflowException, OSError) as error:
-            raise CorruptRunError(self._unreadable(run, error)) from error
-
-    @staticmethod
-    def _unreadable(run: Run, error: Exception) -> str:
-        hint = ""
-        if (run.info.artifact_uri or "").startswith("mlflow-artifacts:"):
-            hint = "; pass the server's folder as --artifacts-destination, or its http:// URI"
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        return f"artifacts at {run.info.artifact_uri} unreadable ({first_line}){hint}"
+            hint = ""
+            if uri.startswith("mlflow-artifacts:"):
+                hint = "; pass the server's folder as --artifacts-destination, or its http:// URI"
+            first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise CorruptRunError(f"artifacts at {uri} unreadable ({first_line}){hint}") from error
 
 
 def served_artifacts_beside(tracking_uri: str | None) -> Path | None:
@@ -225,21 +199,20 @@ def served_artifacts_beside(tracking_uri: str | None) -> Path | None:
 def fetch_run(reader: ArtifactReader, run: Run) -> tuple[dict[str, Any], pd.DataFrame]:
     """Return (flat typed config, curves) of a finished run from its artifacts; CorruptRunError."""
     with tempfile.TemporaryDirectory(prefix="iterconv-aggregate-") as tmp:
-        names = reader.names(run)
-        if CURVES_ARTIFACT not in names:
+        paths = reader.paths(run, tmp)
+        if CURVES_ARTIFACT not in paths:
             raise CorruptRunError(f"no artifact {CURVES_ARTIFACT}")
-        curves = _read_curves(reader.download(run, CURVES_ARTIFACT, tmp))
-        if CONFIG_ARTIFACT in names:
-            config = _read_config(reader.download(run, CONFIG_ARTIFACT, tmp))
+        curves = _read_curves(paths[CURVES_ARTIFACT])
+        if CONFIG_ARTIFACT in paths:
+            config = _read_config(paths[CONFIG_ARTIFACT])
         else:  # the params hold the same config, as text
             config = _config_from_params(run.data.params)
-    curves.insert(0, "run_id", run.info.run_id)
-    return config, curves
+    return config, curves.assign(run_id=run.info.run_id)
 
 
-def _read_config(path: str) -> dict[str, Any]:
+def _read_config(path: Path) -> dict[str, Any]:
     try:
-        nested = json.loads(Path(path).read_text())
+        nested = json.loads(path.read_text())
         flat = {f"{s}.{k}": v for s, fields in nested.items() for k, v in fields.items()}
         known = {k: v for k, v in flat.items() if k in config_types()}
         return TrialConfig.from_dict(known).to_flat_dict()
@@ -255,11 +228,11 @@ def _config_from_params(params: dict[str, str]) -> dict[str, Any]:
         raise CorruptRunError(f"no {CONFIG_ARTIFACT}, and params are no config: {error}") from error
 
 
-def _read_curves(path: str) -> pd.DataFrame:
+def _read_curves(path: Path) -> pd.DataFrame:
     try:
         frame = pd.read_parquet(path)
     except Exception as error:  # pyarrow raises several types on a damaged file
-        message = str(error).replace(path, CURVES_ARTIFACT).splitlines()[0]
+        message = str(error).replace(str(path), CURVES_ARTIFACT).splitlines()[0]
         raise CorruptRunError(f"corrupt artifact {CURVES_ARTIFACT}: {message}") from error
     missing = [c for c in vocabulary.CURVE_COLUMNS if c not in frame.columns]
     unknown = sorted(set(frame.get("curve", pd.Series()).astype(str)) - set(vocabulary.CURVES))
@@ -271,7 +244,7 @@ def _read_curves(path: str) -> pd.DataFrame:
     if problem:
         raise CorruptRunError(f"corrupt artifact {CURVES_ARTIFACT}: {problem}")
     try:
-        return curves_frame(frame.assign(run_id=""))[list(vocabulary.CURVE_COLUMNS)]
+        return curves_frame(frame.assign(run_id=""))
     except (ValueError, TypeError) as error:
         raise CorruptRunError(f"corrupt artifact {CURVES_ARTIFACT}: {error}") from error
 
