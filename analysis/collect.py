@@ -41,7 +41,7 @@ from mlflow.tracking import MlflowClient
 from tqdm import tqdm
 
 import vocabulary
-from pipeline.config import TrialConfig, parse_value
+from pipeline.config import TrialConfig, flat_keys, parse_value
 
 RUNS_FILE = "runs.parquet"
 CURVES_FILE = "curves.parquet"
@@ -100,12 +100,11 @@ class Aggregation:
 @functools.cache
 def config_types() -> dict[str, type]:
     """Return {flat key: bool, int, float or str}, the types TrialConfig declares (None aside)."""
-    types = {}
-    for section in dataclasses.fields(TrialConfig):
-        cls = typing.get_type_hints(TrialConfig)[section.name]
-        for name, hint in typing.get_type_hints(cls).items():
-            declared = [t for t in typing.get_args(hint) or (hint,) if t is not type(None)]
-            types[f"{section.name}.{name}"] = declared[0]
+    config, types = TrialConfig(), {}
+    for key in flat_keys():
+        section, name = key.split(".")
+        hint = typing.get_type_hints(type(getattr(config, section)))[name]
+        types[key] = next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
     return types
 
 
