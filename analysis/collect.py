@@ -51,13 +51,10 @@ ARTIFACTS = (CONFIG_ARTIFACT, CURVES_ARTIFACT)
 BASE_COLUMNS = ("run_id", "run_name", "experiment", "status", "grid", "trial_id", "git_commit")
 TIME_COLUMNS = ("start_time", "end_time")
 CURVE_COLUMNS = ("run_id", *vocabulary.CURVE_COLUMNS)
-CURVE_DTYPES = {
-    "run_id": "string",
-    "stage": "int64",
-    "curve": "string",
-    "step": "int64",
-    "error": "float64",
-}
+CURVE_DTYPES = dict(
+    zip(CURVE_COLUMNS, ("string", "int64", "string", "int64", "float64"), strict=True)
+)
+STILL = {"RUNNING": " (still running)", "SCHEDULED": " (still running)"}
 CURVE_METRIC_PREFIX = "curve/"  # stepped copies of the curves, for the MLflow UI
 # The pandas dtype of a config column by its field's type: (no run holds None, some do).
 DTYPES = {
@@ -266,7 +263,9 @@ def aggregate(
     old_runs = old_runs[old_runs["run_id"].isin(old_curves["run_id"])]  # else fetched again
     done = found["status"] == "FINISHED"
     skipped = [
-        SkippedRun(r.run_id, r.run_name, r.experiment, f"status {r.status}{_still(r.status)}")
+        SkippedRun(
+            r.run_id, r.run_name, r.experiment, f"status {r.status}{STILL.get(r.status, '')}"
+        )
         for r in found[~done].itertuples()
     ]
     # A run already aggregated with the same end time is reused, not fetched again.
@@ -291,7 +290,7 @@ def aggregate(
     ]
     skipped.sort(key=lambda s: (s.experiment, s.run_name, s.run_id))
     for item in skipped:
-        (report or _stderr)(item.message())
+        (report or functools.partial(print, file=sys.stderr))(item.message())
     parts = [p for p in (kept, new.reset_index()) if len(p)]
     curves = [old_curves[old_curves["run_id"].isin(kept["run_id"])], *new_curves]
     return Aggregation(
@@ -301,14 +300,6 @@ def aggregate(
         reused=len(kept),
         skipped=tuple(skipped),
     )
-
-
-def _still(status: str) -> str:
-    return " (still running)" if status in ("RUNNING", "SCHEDULED") else ""
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr)
 
 
 def _fetch_all(
@@ -353,15 +344,7 @@ def curves_frame(frame: pd.DataFrame | None) -> pd.DataFrame:
     """Return the long curves table, typed and sorted as the module docstring says."""
     if frame is None:
         frame = pd.DataFrame({c: [] for c in CURVE_COLUMNS})
-    frame = frame.astype(
-        {
-            "run_id": "string",
-            "stage": "int64",
-            "curve": "string",
-            "step": "int64",
-            "error": "float64",
-        }
-    )[list(CURVE_COLUMNS)]
+    frame = frame.astype(CURVE_DTYPES)[list(CURVE_COLUMNS)]
     return frame.sort_values(list(CURVE_COLUMNS[:4]), kind="stable").reset_index(drop=True)
 
 

@@ -54,6 +54,9 @@ CURVE_TITLES = {
 }
 CURVE_XLABELS = {"readout": "block t", "dropout": "dropped block t", "extra": "extra evaluations k"}
 PAPER_VARIATIONS = ("BN γ 0.1", "triangular kernel", "first 5 uncoupled")
+# Fig 2a: every instance's curve grey, one instance's in colour.
+GREY_CURVE = dict(estimator=None, color="0.6", alpha=0.6, lw=0.8)
+EMPHASISED_CURVE = dict(estimator=None, color="C0", lw=2, marker="o", ms=3)
 
 
 # ---------------------------------------------------------------- Fig 1: toy inverse problem
@@ -164,10 +167,6 @@ def _fig2_curves(sub: SubFigure, curves: pd.DataFrame, chance: float) -> dict[st
     axes[0, 0].text(0.98, chance, "chance", transform=axes[0, 0].get_yaxis_transform())
     axes[0, 0].texts[-1].set(ha="right", va="bottom", fontsize=7)
     return drawn
-
-
-GREY_CURVE = dict(estimator=None, color="0.6", alpha=0.6, lw=0.8)
-EMPHASISED_CURVE = dict(estimator=None, color="C0", lw=2, marker="o", ms=3)
 
 
 def _fig2_indices(sub: SubFigure, chosen: pd.DataFrame) -> dict[str, pd.DataFrame]:
