@@ -261,7 +261,7 @@ def aggregate(
     found = runs_table(by_id, chosen)
     old_runs, old_curves = previous or (runs_frame(found.iloc[:0]), curves_frame(None))
     old_runs = old_runs[old_runs["run_id"].isin(old_curves["run_id"])]  # else fetched again
-    done = found["status"] == "FINISHED"
+    done = (found["status"] == "FINISHED").to_numpy()
     skipped = [
         SkippedRun(
             r.run_id, r.run_name, r.experiment, f"status {r.status}{STILL.get(r.status, '')}"
@@ -270,8 +270,10 @@ def aggregate(
     ]
     # A run already aggregated with the same end time is reused, not fetched again.
     keys = ["run_id", "end_time"]
-    same = found[keys].merge(old_runs[keys], how="left", indicator=True)["_merge"] == "both"
-    todo = found[done & ~same.to_numpy()]
+    same = (
+        found[keys].merge(old_runs[keys], how="left", indicator=True)["_merge"] == "both"
+    ).to_numpy()
+    todo = found[done & ~same]
     configs, metrics, new_curves = {}, {}, []
     outcomes = _fetch_all(reader, todo, by_id, workers, progress)
     for run, outcome in zip(todo.itertuples(), outcomes, strict=True):
@@ -285,7 +287,7 @@ def aggregate(
         new = new.join(pd.DataFrame.from_dict(values, orient="index"))
     # Rows of experiments not asked for this time stay, so grids can be aggregated one by one.
     kept = old_runs[
-        old_runs["run_id"].isin(found["run_id"][same.to_numpy()])
+        old_runs["run_id"].isin(found["run_id"][done & same])
         | ~old_runs["experiment"].isin(chosen.values())
     ]
     skipped.sort(key=lambda s: (s.experiment, s.run_name, s.run_id))
