@@ -5,9 +5,10 @@ Schema of `runs.parquet`, one row per FINISHED run, sorted by (experiment, run_n
 - `run_id`, `run_name`, `experiment`, `status` (always "FINISHED"), `grid`, `trial_id`
   (tag `ray_trial_id`), `git_commit` (tag; null if absent): strings.
 - `start_time`, `end_time`: timestamp[ms, UTC].
-- one column per flat config key ("model.width", "coupling.lam", "data.train_size", ...) with its
-  Python type: int64, float64, bool or string; nullable Int64 / boolean where some runs hold None.
-  Types come from the run's `config.json` artifact, else from its params via `ast.literal_eval`.
+- one column per flat config key ("model.width", "coupling.lam", "data.train_size", ...) with
+  the type TrialConfig declares: int64, float64, bool or string; nullable Int64 / boolean where
+  some runs hold None. The values are the run's `config.json` artifact (else its params) read
+  through `TrialConfig.from_dict`; keys this version's TrialConfig no longer has are left out.
 - one float64 column per final metric: final_test_error, final_test_loss, final_train_loss,
   parameters, train_seconds, ci, ri, di, ci_stage1..3, ri_stage1..3, di_stage1..3, and the last
   value of every per-epoch metric (epoch, test_error, ...). The stepped `curve/...` metrics are
@@ -20,15 +21,14 @@ Schema of `curves.parquet`, sorted by (run_id, stage, curve, step):
 
 from __future__ import annotations
 
-import ast
 import dataclasses
+import functools
 import json
-import math
 import os
 import sys
 import tempfile
 import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -40,15 +40,29 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from tqdm import tqdm
 
+import vocabulary
+from pipeline.config import TrialConfig, flat_keys, parse_value
+
 RUNS_FILE = "runs.parquet"
 CURVES_FILE = "curves.parquet"
 CURVES_ARTIFACT = "curves.parquet"
 CONFIG_ARTIFACT = "config.json"
-CURVE_NAMES = ("readout", "dropout", "extra")
+ARTIFACTS = (CONFIG_ARTIFACT, CURVES_ARTIFACT)
 BASE_COLUMNS = ("run_id", "run_name", "experiment", "status", "grid", "trial_id", "git_commit")
 TIME_COLUMNS = ("start_time", "end_time")
-CURVE_COLUMNS = ("run_id", "stage", "curve", "step", "error")
-CURVE_METRIC_PREFIX = "curve/"
+CURVE_COLUMNS = ("run_id", *vocabulary.CURVE_COLUMNS)
+CURVE_DTYPES = dict(
+    zip(CURVE_COLUMNS, ("string", "int64", "string", "int64", "float64"), strict=True)
+)
+STILL = {"RUNNING": " (still running)", "SCHEDULED": " (still running)"}
+CURVE_METRIC_PREFIX = "curve/"  # stepped copies of the curves, for the MLflow UI
+# The pandas dtype of a config column by its field's type: (no run holds None, some do).
+DTYPES = {
+    bool: ("bool", "boolean"),
+    int: ("int64", "Int64"),
+    float: ("float64", "float64"),
+    str: ("string", "string"),
+}
 
 
 class CorruptRunError(Exception):
@@ -80,59 +94,67 @@ class Aggregation:
     skipped: tuple[SkippedRun, ...]  # failed, running or corrupt runs, kept out
 
 
+@functools.cache
+def config_types() -> dict[str, type]:
+    """Return {flat key: bool, int, float or str}, the types TrialConfig declares (None aside)."""
+    config, types = TrialConfig(), {}
+    for key in flat_keys():
+        section, name = key.split(".")
+        hint = typing.get_type_hints(type(getattr(config, section)))[name]
+        types[key] = next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
+    return types
+
+
+def _all_pages(search: Callable, *args: Any, **kwargs: Any) -> list:
+    """Return the items of every page of an MLflow search."""
+    items, token = [], None
+    while True:
+        page = search(*args, page_token=token, **kwargs)
+        items.extend(page)
+        token = page.token
+        if not token:
+            return items
+
+
 def select_experiments(client: MlflowClient, names: Sequence[str] | None) -> dict[str, str]:
     """Return {experiment_id: name} of the named experiments, or of all active ones if None."""
-    experiments = _all_experiments(client)
-    if not names:
-        return {e.experiment_id: e.name for e in experiments}
+    experiments = _all_pages(client.search_experiments, view_type=ViewType.ACTIVE_ONLY)
     by_name = {e.name: e.experiment_id for e in experiments}
+    if not names:
+        return {i: n for n, i in by_name.items()}
     unknown = [n for n in names if n not in by_name]
     if unknown:
         raise ValueError(f"unknown experiment(s) {unknown}: allowed are {sorted(by_name)}")
     return {by_name[n]: n for n in names}
 
 
-def _all_experiments(client: MlflowClient) -> list:
-    experiments, token = [], None
-    while True:
-        page = client.search_experiments(view_type=ViewType.ACTIVE_ONLY, page_token=token)
-        experiments.extend(page)
-        token = page.token
-        if not token:
-            return experiments
+def search_runs(client: MlflowClient, experiments: dict[str, str]) -> dict[str, Run]:
+    """Return {run_id: Run} of every active run of the experiments (all pages)."""
+    if not experiments:
+        return {}
+    runs = _all_pages(client.search_runs, list(experiments), run_view_type=ViewType.ACTIVE_ONLY)
+    return {run.info.run_id: run for run in runs}
 
 
-def search_all_runs(client: MlflowClient, experiment_ids: Iterable[str]) -> list[Run]:
-    """Return every active run of the experiments (all pages)."""
-    runs, ids, token = [], list(experiment_ids), None
-    if not ids:
-        return runs
-    while True:
-        page = client.search_runs(ids, run_view_type=ViewType.ACTIVE_ONLY, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
+def runs_table(runs: dict[str, Run], experiments: dict[str, str]) -> pd.DataFrame:
+    """Return what the search tells of each run, one row per run: names, status, times."""
+    # `grid`, `git_commit` and `ray_trial_id` are tags; the rest is the run's info.
+    extra = ["experiment_id", "ray_trial_id"]
+    rows = [run.data.tags | dict(run.info) for run in runs.values()]
+    table = pd.DataFrame(rows, columns=[*BASE_COLUMNS, *TIME_COLUMNS, *extra])
+    table["experiment"] = table["experiment_id"].map(experiments)
+    table["grid"] = table["grid"].fillna(table["experiment"])
+    table["trial_id"] = table["ray_trial_id"]
+    table["run_name"] = table["run_name"].fillna("")
+    for column in TIME_COLUMNS:
+        table[column] = pd.to_datetime(table[column], unit="ms", utc=True)
+    return table.astype({c: "datetime64[ms, UTC]" for c in TIME_COLUMNS}).drop(columns=extra)
 
 
-def parse_param(text: str) -> Any:
-    """Return the Python value of an MLflow param string ("16" -> 16, "None" -> None)."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return text
-
-
-def flatten_config(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Return {"section.field": value} of a nested config dict."""
-    flat = {}
-    for key, value in nested.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten_config(value, prefix=f"{name}."))
-        else:
-            flat[name] = value
-    return flat
+def final_metrics(run: Run) -> dict[str, float]:
+    """Return the last value of each metric of a run, but the stepped curves."""
+    metrics = run.data.metrics.items()
+    return {k: float(v) for k, v in metrics if not k.startswith(CURVE_METRIC_PREFIX)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,39 +167,21 @@ class ArtifactReader:
     # reading its SQLite store directly needs this folder.
     served_root: Path | None = None
 
-    def _local(self, run: Run) -> Path | None:
-        uri = run.info.artifact_uri or ""
-        if self.served_root is None or not uri.startswith("mlflow-artifacts:"):
-            return None
-        return self.served_root / urlparse(uri).path.lstrip("/")
-
-    def names(self, run: Run) -> set[str]:
-        """Return the names of the run's top-level artifacts (CorruptRunError if unreadable)."""
-        local = self._local(run)
-        if local is not None:
-            return {p.name for p in local.iterdir()} if local.is_dir() else set()
+    def paths(self, run: Run, tmp: str) -> dict[str, Path]:
+        """Return {name: local file} of those of the run's artifacts that we read."""
+        uri, run_id = run.info.artifact_uri or "", run.info.run_id
         try:
-            return {f.path for f in self.client.list_artifacts(run.info.run_id)}
+            if self.served_root is not None and uri.startswith("mlflow-artifacts:"):
+                folder = self.served_root / urlparse(uri).path.lstrip("/")
+                return {n: folder / n for n in ARTIFACTS if (folder / n).exists()}
+            present = {f.path for f in self.client.list_artifacts(run_id)} & set(ARTIFACTS)
+            return {n: Path(self.client.download_artifacts(run_id, n, tmp)) for n in present}
         except (MlflowException, OSError) as error:
-            raise CorruptRunError(self._unreadable(run, error)) from error
-
-    def download(self, run: Run, name: str, tmp: str) -> str:
-        """Return a local path of the artifact `name` (CorruptRunError if unreadable)."""
-        local = self._local(run)
-        if local is not None:
-            return str(local / name)
-        try:
-            return self.client.download_artifacts(run.info.run_id, name, tmp)
-        except (MlflowException, OSError) as error:
-            raise CorruptRunError(self._unreadable(run, error)) from error
-
-    @staticmethod
-    def _unreadable(run: Run, error: Exception) -> str:
-        hint = ""
-        if (run.info.artifact_uri or "").startswith("mlflow-artifacts:"):
-            hint = "; pass the server's folder as --artifacts-destination, or its http:// URI"
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        return f"artifacts at {run.info.artifact_uri} unreadable ({first_line}){hint}"
+            hint = ""
+            if uri.startswith("mlflow-artifacts:"):
+                hint = "; pass the server's folder as --artifacts-destination, or its http:// URI"
+            first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise CorruptRunError(f"artifacts at {uri} unreadable ({first_line}){hint}") from error
 
 
 def served_artifacts_beside(tracking_uri: str | None) -> Path | None:
@@ -188,100 +192,57 @@ def served_artifacts_beside(tracking_uri: str | None) -> Path | None:
     return folder if folder.is_dir() else None
 
 
-def fetch_run(reader: ArtifactReader, run: Run, experiment: str) -> tuple[dict, pd.DataFrame]:
-    """Return (record, curves) of a finished run, downloading its artifacts; CorruptRunError."""
-    info, data = run.info, run.data
+def fetch_run(reader: ArtifactReader, run: Run) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Return (flat typed config, curves) of a finished run from its artifacts; CorruptRunError."""
     with tempfile.TemporaryDirectory(prefix="iterconv-aggregate-") as tmp:
-        names = reader.names(run)
-        config = (
-            _read_config(reader.download(run, CONFIG_ARTIFACT, tmp))
-            if CONFIG_ARTIFACT in names
-            else {}
-        )
-        if CURVES_ARTIFACT in names:
-            curves = _read_curves(reader.download(run, CURVES_ARTIFACT, tmp))
-        else:
-            curves = _curves_from_metrics(reader.client, run)
-    params = {k: parse_param(v) for k, v in data.params.items() if k not in config}
-    metrics = {
-        k: float(v) for k, v in data.metrics.items() if not k.startswith(CURVE_METRIC_PREFIX)
-    }
-    record = {
-        "run_id": info.run_id,
-        "run_name": info.run_name or "",
-        "experiment": experiment,
-        "status": info.status,
-        "grid": data.tags.get("grid", experiment),
-        "trial_id": data.tags.get("ray_trial_id"),
-        "git_commit": data.tags.get("git_commit"),
-        "start_time": _timestamp(info.start_time),
-        "end_time": _timestamp(info.end_time),
-        **config,
-        **params,
-        **metrics,
-    }
-    curves.insert(0, "run_id", info.run_id)
-    return record, curves
+        paths = reader.paths(run, tmp)
+        if CURVES_ARTIFACT not in paths:
+            raise CorruptRunError(f"no artifact {CURVES_ARTIFACT}")
+        curves = _read_curves(paths[CURVES_ARTIFACT])
+        if CONFIG_ARTIFACT in paths:
+            config = _read_config(paths[CONFIG_ARTIFACT])
+        else:  # the params hold the same config, as text
+            config = _config_from_params(run.data.params)
+    return config, curves.assign(run_id=run.info.run_id)
 
 
-def _read_config(path: str) -> dict[str, Any]:
+def _read_config(path: Path) -> dict[str, Any]:
     try:
-        nested = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        nested = json.loads(path.read_text())
+        flat = {f"{s}.{k}": v for s, fields in nested.items() for k, v in fields.items()}
+        known = {k: v for k, v in flat.items() if k in config_types()}
+        return TrialConfig.from_dict(known).to_flat_dict()
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, AttributeError) as error:
         raise CorruptRunError(f"corrupt artifact {CONFIG_ARTIFACT}: {error}") from error
-    if not isinstance(nested, dict):
-        raise CorruptRunError(f"corrupt artifact {CONFIG_ARTIFACT}: not a JSON object")
-    return flatten_config(nested)
 
 
-def _read_curves(path: str) -> pd.DataFrame:
+def _config_from_params(params: dict[str, str]) -> dict[str, Any]:
+    try:
+        typed = {k: parse_value(k, v) for k, v in params.items() if k in config_types()}
+        return TrialConfig.from_dict(typed).to_flat_dict()
+    except ValueError as error:
+        raise CorruptRunError(f"no {CONFIG_ARTIFACT}, and params are no config: {error}") from error
+
+
+def _read_curves(path: Path) -> pd.DataFrame:
     try:
         frame = pd.read_parquet(path)
     except Exception as error:  # pyarrow raises several types on a damaged file
-        message = str(error).replace(path, CURVES_ARTIFACT).splitlines()[0]
+        message = str(error).replace(str(path), CURVES_ARTIFACT).splitlines()[0]
         raise CorruptRunError(f"corrupt artifact {CURVES_ARTIFACT}: {message}") from error
-    return _checked_curves(frame, CURVES_ARTIFACT)
-
-
-def _curves_from_metrics(client: MlflowClient, run: Run) -> pd.DataFrame:
-    # Older runs without the artifact: the stepped metrics hold the same numbers.
-    rows = []
-    for key in sorted(run.data.metrics):
-        if not key.startswith(CURVE_METRIC_PREFIX):
-            continue
-        _, curve, stage = key.split("/", 2)
-        for metric in client.get_metric_history(run.info.run_id, key):
-            rows.append((int(stage.removeprefix("stage")), curve, metric.step, metric.value))
-    frame = pd.DataFrame(rows, columns=["stage", "curve", "step", "error"])
-    return _checked_curves(frame, f"{CURVES_ARTIFACT} (missing) or {CURVE_METRIC_PREFIX}* metrics")
-
-
-def _checked_curves(frame: pd.DataFrame, source: str) -> pd.DataFrame:
-    missing = [c for c in CURVE_COLUMNS[1:] if c not in frame.columns]
-    if missing:
-        raise CorruptRunError(f"corrupt artifact {source}: missing columns {missing}")
-    if frame.empty:
-        raise CorruptRunError(f"corrupt artifact {source}: no rows")
-    unknown = sorted(set(frame["curve"].astype(str)) - set(CURVE_NAMES))
-    if unknown:
-        raise CorruptRunError(f"corrupt artifact {source}: unknown curves {unknown}")
+    missing = [c for c in vocabulary.CURVE_COLUMNS if c not in frame.columns]
+    unknown = sorted(set(frame.get("curve", pd.Series()).astype(str)) - set(vocabulary.CURVES))
+    problem = (
+        (missing and f"missing columns {missing}")
+        or (frame.empty and "no rows")
+        or (unknown and f"unknown curves {unknown}")
+    )
+    if problem:
+        raise CorruptRunError(f"corrupt artifact {CURVES_ARTIFACT}: {problem}")
     try:
-        return pd.DataFrame(
-            {
-                "stage": frame["stage"].astype("int64"),
-                "curve": frame["curve"].astype(str),
-                "step": frame["step"].astype("int64"),
-                "error": frame["error"].astype("float64"),
-            }
-        )
+        return curves_frame(frame.assign(run_id=""))
     except (ValueError, TypeError) as error:
-        raise CorruptRunError(f"corrupt artifact {source}: {error}") from error
-
-
-def _timestamp(milliseconds: int | None) -> pd.Timestamp | None:
-    if milliseconds is None:
-        return None
-    return pd.Timestamp(milliseconds, unit="ms", tz="UTC")
+        raise CorruptRunError(f"corrupt artifact {CURVES_ARTIFACT}: {error}") from error
 
 
 def aggregate(
@@ -290,198 +251,103 @@ def aggregate(
     previous: tuple[pd.DataFrame, pd.DataFrame] | None = None,
     workers: int = 8,
     progress: bool = True,
-    report: typing.Callable[[str], None] | None = None,
+    report: Callable[[str], None] | None = None,
 ) -> Aggregation:
     """Return the tables of all finished runs, reusing unchanged rows of `previous`."""
     # Our own progress bar counts runs; MLflow's would print one bar per artifact.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    client = reader.client
-    chosen = select_experiments(client, experiments)
-    old_runs, old_curves = previous if previous is not None else (None, None)
-    old = _old_records(old_runs, old_curves)
-    records, curves, skipped, to_fetch, reused = [], [], [], [], 0
-    for run in search_all_runs(client, chosen):
-        info, name = run.info, chosen[run.info.experiment_id]
-        if info.status != "FINISHED":
-            running = info.status in ("RUNNING", "SCHEDULED")
-            reason = f"status {info.status}" + (" (still running)" if running else "")
-            skipped.append(SkippedRun(info.run_id, info.run_name or "", name, reason))
-            continue
-        kept = old.get(info.run_id)
-        if kept is not None and kept[0]["end_time"] == _timestamp(info.end_time):
-            records.append(kept[0])
-            curves.append(kept[1])
-            reused += 1
-        else:
-            to_fetch.append((run, name))
-    fetched = _fetch_all(reader, to_fetch, workers, progress)
-    for (run, name), outcome in zip(to_fetch, fetched, strict=True):
+    chosen = select_experiments(reader.client, experiments)
+    by_id = search_runs(reader.client, chosen)
+    found = runs_table(by_id, chosen)
+    old_runs, old_curves = previous or (runs_frame(found.iloc[:0]), curves_frame(None))
+    old_runs = old_runs[old_runs["run_id"].isin(old_curves["run_id"])]  # else fetched again
+    done = (found["status"] == "FINISHED").to_numpy()
+    skipped = [
+        SkippedRun(
+            r.run_id, r.run_name, r.experiment, f"status {r.status}{STILL.get(r.status, '')}"
+        )
+        for r in found[~done].itertuples()
+    ]
+    # A run already aggregated with the same end time is reused, not fetched again.
+    keys = ["run_id", "end_time"]
+    same = (
+        found[keys].merge(old_runs[keys], how="left", indicator=True)["_merge"] == "both"
+    ).to_numpy()
+    todo = found[done & ~same]
+    configs, metrics, new_curves = {}, {}, []
+    outcomes = _fetch_all(reader, todo, by_id, workers, progress)
+    for run, outcome in zip(todo.itertuples(), outcomes, strict=True):
         if isinstance(outcome, CorruptRunError):
-            skipped.append(SkippedRun(run.info.run_id, run.info.run_name or "", name, str(outcome)))
-        else:
-            records.append(outcome[0])
-            curves.append(outcome[1])
+            skipped.append(SkippedRun(run.run_id, run.run_name, run.experiment, str(outcome)))
+            continue
+        configs[run.run_id], metrics[run.run_id] = outcome[0], final_metrics(by_id[run.run_id])
+        new_curves.append(outcome[1])
+    new = todo.set_index("run_id").loc[list(configs)]
+    for values in (configs, metrics):
+        new = new.join(pd.DataFrame.from_dict(values, orient="index"))
     # Rows of experiments not asked for this time stay, so grids can be aggregated one by one.
-    for record, run_curves in old.values():
-        if record["experiment"] not in chosen.values():
-            records.append(record)
-            curves.append(run_curves)
-            reused += 1
+    kept = old_runs[
+        old_runs["run_id"].isin(found["run_id"][done & same])
+        | ~old_runs["experiment"].isin(chosen.values())
+    ]
     skipped.sort(key=lambda s: (s.experiment, s.run_name, s.run_id))
     for item in skipped:
-        (report or _stderr)(item.message())
-    runs_table = runs_frame(records)
+        (report or functools.partial(print, file=sys.stderr))(item.message())
+    parts = [p for p in (kept, new.reset_index()) if len(p)]
+    curves = [old_curves[old_curves["run_id"].isin(kept["run_id"])], *new_curves]
     return Aggregation(
-        runs=runs_table,
-        curves=curves_frame(curves, runs_table["run_id"]),
-        fetched=len(to_fetch),
-        reused=reused,
+        runs=runs_frame(pd.concat(parts, ignore_index=True) if parts else kept),
+        curves=curves_frame(pd.concat(curves, ignore_index=True)),
+        fetched=len(todo),
+        reused=len(kept),
         skipped=tuple(skipped),
     )
 
 
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr)
-
-
 def _fetch_all(
-    reader: ArtifactReader, todo: list[tuple[Run, str]], workers: int, progress: bool
+    reader: ArtifactReader, todo: pd.DataFrame, by_id: dict[str, Run], workers: int, progress: bool
 ) -> list[tuple[dict, pd.DataFrame] | CorruptRunError]:
-    def one(item: tuple[Run, str]) -> tuple[dict, pd.DataFrame] | CorruptRunError:
+    def one(run_id: str) -> tuple[dict, pd.DataFrame] | CorruptRunError:
         try:
-            return fetch_run(reader, *item)
+            return fetch_run(reader, by_id[run_id])
         except CorruptRunError as error:
             return error
 
-    if not todo:
+    if todo.empty:
         return []
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = pool.map(one, todo)
+        results = pool.map(one, todo["run_id"])
         bar = tqdm(results, total=len(todo), desc="fetching runs", unit="run", disable=not progress)
         return list(bar)
 
 
-def _old_records(
-    runs: pd.DataFrame | None, curves: pd.DataFrame | None
-) -> dict[str, tuple[dict, pd.DataFrame]]:
-    if runs is None or runs.empty:
-        return {}
-    by_run = dict(tuple(curves.groupby("run_id", sort=False))) if curves is not None else {}
-    old = {}
-    for row in runs.to_dict("records"):
-        run_curves = by_run.get(row["run_id"])
-        if run_curves is None:
-            continue  # no curves: fetch the run again
-        record = {k: _python(v) for k, v in row.items()}
-        old[record["run_id"]] = (record, run_curves[list(CURVE_COLUMNS)].reset_index(drop=True))
-    return old
-
-
-def _python(value: Any) -> Any:
-    """Return a plain Python value of a cell read back from Parquet (NA -> None)."""
-    if isinstance(value, pd.Timestamp):
-        return value
-    if value is None or (not isinstance(value, str | bytes) and _is_na(value)):
-        return None
-    return value.item() if hasattr(value, "item") else value
-
-
-def _is_na(value: Any) -> bool:
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):
-        return False
-
-
-def runs_frame(records: list[dict]) -> pd.DataFrame:
-    """Return the typed, sorted runs table of run records (schema: module docstring)."""
-    keys = sorted({k for r in records for k in r} - set(BASE_COLUMNS) - set(TIME_COLUMNS))
-    declared = declared_config_types()
-    columns = {}
-    for name in BASE_COLUMNS:
-        values = [r.get(name) for r in records]
-        columns[name] = pd.array([None if v is None else str(v) for v in values], dtype="string")
-    for name in TIME_COLUMNS:
-        values = [r.get(name) for r in records]
-        columns[name] = pd.Series(pd.to_datetime(values, utc=True)).astype("datetime64[ms, UTC]")
-    config_keys = [k for k in keys if "." in k]
-    metric_keys = [k for k in keys if "." not in k]
-    for name in config_keys:
-        columns[name] = typed_column([r.get(name) for r in records], declared.get(name))
-    for name in metric_keys:
-        values = [r.get(name) for r in records]
-        columns[name] = pd.array([math.nan if v is None else v for v in values], dtype="float64")
-    frame = pd.DataFrame({k: pd.Series(v).reset_index(drop=True) for k, v in columns.items()})
-    frame = frame.sort_values(["experiment", "run_name", "run_id"], kind="stable")
-    return frame.reset_index(drop=True)
-
-
-def typed_column(
-    values: list[Any], declared: type | None = None
-) -> pd.api.extensions.ExtensionArray:
-    """Return values as one typed array: bool, int, float or string (nullable where None)."""
-    present = [v for v in values if v is not None]
-    kinds = {type(v) for v in present} or ({declared} if declared else set())
-    nulls = len(present) < len(values)
-    if kinds == {bool}:
-        return pd.array(values, dtype="boolean" if nulls else "bool")
-    numeric = bool(kinds) and kinds <= {int, float}
-    if numeric and (float in kinds or declared is float):
-        return pd.array([math.nan if v is None else float(v) for v in values], dtype="float64")
-    if numeric:
-        return pd.array(values, dtype="Int64" if nulls else "int64")
-    if not kinds:
-        return pd.array(values, dtype="string")
-    # str, or a mix: keep the text MLflow would show
-    return pd.array([None if v is None else _text(v) for v in values], dtype="string")
-
-
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
-
-
-def declared_config_types() -> dict[str, type]:
-    """Return {flat key: bool, int, float or str} from pipeline.config, if importable."""
-    try:
-        from pipeline.config import TrialConfig
-    except ImportError:
-        return {}
-    return _field_types(TrialConfig, "")
-
-
-def _field_types(cls: type, prefix: str) -> dict[str, type]:
-    types = {}
-    hints = typing.get_type_hints(cls)
-    for field in dataclasses.fields(cls):
-        hint = hints[field.name]
-        if dataclasses.is_dataclass(hint):
-            types.update(_field_types(hint, f"{field.name}."))
+def runs_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """Return the runs table typed and sorted as the module docstring says."""
+    rest = sorted(set(frame.columns) - {*BASE_COLUMNS, *TIME_COLUMNS})
+    config = [c for c in rest if "." in c]  # flat config keys; metric names have no dot
+    columns = {c: frame[c].astype("string") for c in BASE_COLUMNS}
+    columns |= {c: frame[c].astype("datetime64[ms, UTC]") for c in TIME_COLUMNS}
+    for name in config:
+        declared = config_types().get(name)
+        if declared is None:  # a key of an older TrialConfig, in rows aggregated back then
+            columns[name] = frame[name]
             continue
-        args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
-        if len(args) == 1 and args[0] in (bool, int, float, str):
-            types[f"{prefix}{field.name}"] = args[0]
-    return types
-
-
-def curves_frame(parts: list[pd.DataFrame], run_ids: Iterable[str]) -> pd.DataFrame:
-    """Return the long curves table of the kept runs, sorted (schema: module docstring)."""
-    keep = set(run_ids)
-    parts = [p for p in parts if not p.empty and p["run_id"].iloc[0] in keep]
-    if not parts:
-        frame = pd.DataFrame({c: pd.Series(dtype="float64") for c in CURVE_COLUMNS})
-    else:
-        frame = pd.concat(parts, ignore_index=True)
-    frame = pd.DataFrame(
-        {
-            "run_id": frame["run_id"].astype("string"),
-            "stage": frame["stage"].astype("int64"),
-            "curve": frame["curve"].astype("string"),
-            "step": frame["step"].astype("int64"),
-            "error": frame["error"].astype("float64"),
-        }
+        values = [None if pd.isna(v) else v for v in frame[name]]
+        dtype = DTYPES[declared][None in values]
+        columns[name] = pd.Series(pd.array(values, dtype=dtype), index=frame.index)
+    columns |= {c: frame[c].astype("float64") for c in rest if c not in config}
+    table = pd.DataFrame(columns)
+    return table.sort_values(["experiment", "run_name", "run_id"], kind="stable").reset_index(
+        drop=True
     )
-    frame = frame.sort_values(["run_id", "stage", "curve", "step"], kind="stable")
-    return frame.reset_index(drop=True)
+
+
+def curves_frame(frame: pd.DataFrame | None) -> pd.DataFrame:
+    """Return the long curves table, typed and sorted as the module docstring says."""
+    if frame is None:
+        frame = pd.DataFrame({c: [] for c in CURVE_COLUMNS})
+    frame = frame.astype(CURVE_DTYPES)[list(CURVE_COLUMNS)]
+    return frame.sort_values(list(CURVE_COLUMNS[:4]), kind="stable").reset_index(drop=True)
 
 
 def read_tables(directory: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame] | None:

@@ -233,6 +233,20 @@ def test_new_and_reopened_runs_are_fetched_others_reused(store: Store, tmp_path:
     assert runs.loc[reopened.run_id, "final_test_error"] == pytest.approx(0.123)
 
 
+def test_a_reopened_run_still_running_is_skipped_not_reused(store: Store, tmp_path: Path) -> None:
+    # A retried trial reopens its run: RUNNING again, its old end time possibly still stored.
+    shutil.copy(store.database, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "results"
+    first = aggregate_to(uri, out, progress=False)
+    reopened = store.finished[0]
+    MlflowClient(tracking_uri=uri).update_run(reopened, status="RUNNING")
+    again = aggregate_to(uri, out, progress=False)
+    assert reopened not in set(again.runs["run_id"])
+    assert {s.run_id: s.reason for s in again.skipped}[reopened].startswith("status RUNNING")
+    assert len(again.runs) == len(first.runs) - 1
+
+
 def test_experiment_filter_keeps_rows_of_other_experiments(store: Store, tmp_path: Path) -> None:
     aggregate_to(store.uri, tmp_path, progress=False)
     result = aggregate_to(store.uri, tmp_path, experiments=["other"], progress=False)

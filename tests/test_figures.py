@@ -19,6 +19,7 @@ from conftest import write_cifar
 from matplotlib.figure import Figure
 from test_aggregate import create_experiments, log_trial, tiny_config
 
+from analysis import panels
 from analysis import paper_figures as pf
 from analysis.collect import aggregate_to
 from analysis.report import load_results, summary_markdown, write_summary
@@ -81,13 +82,23 @@ def texts(fig: Figure) -> str:
     return "\n".join(parts)
 
 
-def width_lines(ax) -> dict[str, int]:
-    """Return {"width W": number of points} of the mean lines of a coupling panel."""
-    return {
-        line.get_label(): len(line.get_xdata())
-        for line in ax.lines
-        if line.get_label().startswith("width")
-    }
+def main_design(runs: pd.DataFrame, block: str = "ordinary") -> pd.DataFrame:
+    """The runs of one block with standard training on the full training set."""
+    keep = (runs["block"] == block) & (runs["variation"] == "standard")
+    return runs[keep & (runs["train_size"] == "full")]
+
+
+def drawn(frame: pd.DataFrame, series: str = "runs") -> dict[str, float]:
+    """Return {run_id: value} of one series of a coupling panel's tidy rows."""
+    rows = frame[frame["series"] == series]
+    assert rows["run_id"].is_unique
+    return dict(zip(rows["run_id"], rows["value"], strict=True))
+
+
+def expected(runs: pd.DataFrame, column: str) -> dict[str, float]:
+    """Return {run_id: value} of the runs where `column` is not NaN: what a panel must draw."""
+    rows = runs.dropna(subset=[column])
+    return dict(zip(rows["run_id"], rows[column].astype(float), strict=True))
 
 
 def test_conditions_are_derived_from_the_flat_config(tables) -> None:
@@ -99,104 +110,133 @@ def test_conditions_are_derived_from_the_flat_config(tables) -> None:
     assert sorted(runs["train_size"].unique()) == ["100", "full"]
 
 
+def test_coupling_panel_draws_its_rows_as_dots_and_mean_sd_per_width(tables) -> None:
+    runs, _ = tables
+    data = main_design(runs)
+    palette = pf.width_palette(data["width"])
+    with panels.style():
+        ax = panels.figure(4, 4).subplots()
+        rows = panels.coupling_panel(ax, data, "error", palette)
+    assert drawn(rows) == expected(data, "error")
+    assert set(rows["series"]) == {"runs"}
+    variants = ["non-rec.", "rec. 0", "rec. 1"]
+    # The artists hold these rows: one dot per run, and per width a line through the means.
+    dots = np.concatenate([c.get_offsets()[:, 1] for c in ax.collections])
+    assert sorted(dots) == pytest.approx(sorted(rows["value"]))
+    means = [ln for ln in ax.lines if ln.get_linestyle() == "-" and len(ln.get_xdata()) == 3]
+    assert len(means) == data["width"].nunique()
+    for line, (width, part) in zip(means, rows.groupby("width"), strict=True):
+        per_variant = part.groupby("variant")["value"].mean().reindex(variants)
+        assert line.get_ydata() == pytest.approx(per_variant.to_numpy(), nan_ok=True), width
+        assert line.get_color() == palette[width]
+    sds = rows.groupby(["width", "variant"])["value"].std().dropna()
+    assert len(sds) == 1  # width 4, non-rec.: seeds 0 and 1
+    bars = [ln for ln in ax.lines if np.isnan(ln.get_xdata()).any()]  # seaborn's error bars
+    tops = {round(y, 9) for ln in bars for y in ln.get_ydata() if not np.isnan(y)}
+    width_4 = rows[(rows["width"] == 4) & (rows["variant"] == "non-rec.")]["value"]
+    assert round(width_4.mean() + width_4.std(), 9) in tops
+    assert [t.get_text() for t in ax.get_xticklabels()] == variants
+
+
 def test_fig2_draws_curves_indices_and_error_of_the_non_recurrent_resnet(tables) -> None:
     runs, curves = tables
     fig = pf.fig2(runs, curves)
-    assert len(fig.axes) == 9 + 3 + 2
-    chosen = runs[
-        (runs["variant"] == "non-rec.")
-        & (runs["block"] == "ordinary")
-        & (runs["variation"] == "standard")
-        & (runs["train_size"] == "full")
-        & (runs["width"] == 4)
-    ]
+    chosen = main_design(runs)
+    chosen = chosen[(chosen["variant"] == "non-rec.") & (chosen["width"] == 4)]
     assert len(chosen) == 2  # seeds 0 and 1 of width 4: the most frequent width
-    curve_axes = fig.axes[:9]
-    for ax in curve_axes:
-        data_lines = [line for line in ax.lines if line.get_label() != "_chance"]
-        assert len(data_lines) == len(chosen)  # one line per instance
-        widths = sorted(line.get_linewidth() for line in data_lines)
-        assert widths[-1] == 2 and widths[0] < 2  # one instance emphasised
-        assert any(line.get_label() == "_chance" for line in ax.lines)
-    assert curve_axes[0].get_title() == "early read-out, stage 1"
-    assert curve_axes[8].get_xlabel() == "extra evaluations k"
-    index_axes = fig.axes[9:12]
-    assert [ax.get_title() for ax in index_axes] == [
-        "Convergence Index",
-        "Recurrence Index",
-        "Divergence Index",
-    ]
-    for ax, index in zip(index_axes, ("ci", "ri", "di"), strict=True):
-        instances = [c for c in ax.collections if c.get_label() == "_instances"]
-        indexed = int(chosen[index].notna().sum())
-        assert sum(len(c.get_offsets()) for c in instances) == 4 * indexed  # 3 stages + mean
-    assert fig.axes[12].get_xlabel() == "Convergence Index"
-    assert fig.axes[12].get_ylabel() == "test error"
+    first = chosen.sort_values("seed")["run_id"].iloc[0]
+    for curve in ("readout", "dropout", "extra"):
+        for stage in (1, 2, 3):
+            part = fig.data[f"a {curve} stage{stage}"]
+            mine = curves[
+                curves["run_id"].isin(chosen["run_id"])
+                & (curves["curve"] == curve)
+                & (curves["stage"] == stage)
+            ]
+            assert sorted(part["error"]) == pytest.approx(sorted(mine["error"]))
+            assert set(part.loc[part["emphasised"], "run_id"]) == {first}
+    for index in ("ci", "ri", "di"):
+        points = fig.data[f"b {index}"]
+        columns = [f"{index}_stage{s}" for s in (1, 2, 3)] + [index]
+        values = chosen[columns].to_numpy().ravel()
+        assert sorted(points["value"]) == pytest.approx(sorted(values[~np.isnan(values)]))
+    for index in ("ci", "di"):
+        scatter = fig.data[f"c {index}"]
+        want = chosen.dropna(subset=[index])
+        assert dict(zip(scatter["run_id"], scatter["error"], strict=True)) == dict(
+            zip(want["run_id"], want["error"], strict=True)
+        )
     note = texts(fig)
-    assert "CIFAR-10, width 4" in note
     assert "width 16 absent: drawn with 4" in note
     assert "missing: instances (2 of the paper's 6)" in note
 
 
-def test_fig3_panels_have_a_line_per_width_and_name_what_is_missing(tables) -> None:
+def test_fig3_panels_draw_the_runs_of_their_conditions(tables) -> None:
     runs, _ = tables
     fig = pf.fig3(runs)
-    assert len(fig.axes) == 6
-    ci, di, error_cifar, error_second, error_ci, error_di = fig.axes
-    ordinary = runs[(runs["block"] == "ordinary") & (runs["variation"] == "standard")]
-    ordinary = ordinary[ordinary["train_size"] == "full"]
-    expected = {f"width {w}": part["variant"].nunique() for w, part in ordinary.groupby("width")}
-    assert width_lines(error_cifar) == expected  # {"width 4": 3, "width 8": 2}
-    assert [t.get_text() for t in ci.get_xticklabels()] == ["non-rec.", "rec. 0", "rec. 1"]
-    assert ci.get_ylabel() == "Convergence Index" and di.get_ylabel() == "Divergence Index"
-    assert error_cifar.get_ylabel() == "test error"
-    assert width_lines(error_second) == {}
-    assert "missing: Digitclutter-5" in "\n".join(t.get_text() for t in error_second.texts)
-    for ax in (error_ci, error_di):  # a line per width joins its variants (equal parameters)
-        lines = {ln.get_label(): ln for ln in ax.lines if ln.get_label().startswith("width")}
-        assert set(lines) <= set(expected)
-        assert ax.get_ylabel() == "test error"
+    main = main_design(runs)
+    assert sorted(fig.data) == ["a ci", "a di", "b error cifar10", "c ci", "c di"]
+    for index in ("ci", "di"):
+        assert drawn(fig.data[f"a {index}"]) == expected(main, index)
+        means = main.dropna(subset=[index]).groupby(["width", "variant"])[[index, "error"]].mean()
+        got = fig.data[f"c {index}"].set_index(["width", "variant"])
+        pd.testing.assert_frame_equal(got.sort_index(), means.sort_index())
+    error = fig.data["b error cifar10"]
+    assert drawn(error) == expected(main, "error")
+    counts = error.groupby(["width", "variant"]).size().to_dict()
+    assert counts == {
+        (4, "non-rec."): 2,
+        (4, "rec. 0"): 1,
+        (4, "rec. 1"): 1,
+        (8, "non-rec."): 1,
+        (8, "rec. 1"): 1,
+    }
     note = texts(fig)
+    assert "missing: Digitclutter-5 (no second dataset)" in note
     assert "missing: width 16, 32, 64; rec. 0.5, rec. 0.9" in note
 
 
 def test_fig4_draws_icr_with_the_ordinary_resnet_as_reference(tables) -> None:
     runs, _ = tables
     fig = pf.fig4(runs)
-    assert len(fig.axes) == 3
-    ci, di, error = fig.axes
-    icr = runs[runs["block"] == "ICR"]
-    for ax, index in ((ci, "ci"), (di, "di")):
-        points = width_lines(ax).get("width 4", 0)
-        assert points == icr.dropna(subset=[index])["variant"].nunique()
-    assert width_lines(error) == {"width 4": 2}
-    references = [ln for ln in error.lines if ln.get_label().startswith("_reference")]
-    assert {ln.get_label() for ln in references} == {"_reference width 4"}  # widths of ICRs
-    assert all(ln.get_linestyle() == "--" for ln in references)
-    assert "improperly convergent" in fig.get_suptitle()
+    icr = main_design(runs, "ICR")
+    assert sorted(fig.data) == ["a ci", "b di", "c error"]
+    assert drawn(fig.data["a ci"]) == expected(icr, "ci")
+    assert drawn(fig.data["b di"]) == expected(icr, "di")
+    error = fig.data["c error"]
+    assert drawn(error) == expected(icr, "error")
+    ordinary = main_design(runs)
+    # the dashed reference: ordinary ResNets at the widths and variants of the ICRs only
+    ordinary = ordinary[(ordinary["width"] == 4) & ordinary["variant"].isin(icr["variant"])]
+    assert drawn(error, "reference") == expected(ordinary, "error")
+    ax = fig.axes[2]
+    assert {ln.get_linestyle() for ln in ax.lines if "_reference" in ln.get_label()} == {"--"}
 
 
 def test_supplementary_figures_draw_what_exists(tables) -> None:
     runs, _curves = tables
     s1 = pf.figs1(runs)
-    assert [ax.get_ylabel() for ax in s1.axes] == ["Recurrence Index", ""]
-    assert width_lines(s1.axes[0]) and width_lines(s1.axes[1])
+    assert drawn(s1.data["a ri"]) == expected(main_design(runs), "ri")
+    assert drawn(s1.data["b ri"]) == expected(main_design(runs, "ICR"), "ri")
     s3 = pf.figs3(runs)
-    titles = [ax.get_title(loc="left") for ax in s3.axes if ax.get_visible()]
-    assert titles == ["c  CIFAR-10, 100 training images"]
+    few = runs[runs["train_size"] == "100"]
+    assert list(s3.data) == ["c cifar10 100"]
+    assert drawn(s3.data["c cifar10 100"]) == expected(few, "error")
     assert "Digitclutter-3, Digitclutter-4, Digitclutter-5" in texts(s3)
     assert "CIFAR-100" in texts(s3) and "MNIST" in texts(s3)
     s4 = pf.figs4(runs)
-    assert [ax.get_title(loc="left") for ax in s4.axes] == ["a  BN γ 0.1"]
-    assert width_lines(s4.axes[0]) == {"width 4": 1}
+    varied = runs[runs["variation"] == "BN γ 0.1"]
+    standard = runs[(runs["variation"] == "standard") & (runs["train_size"] == "full")]
+    standard = standard[(standard["block"] == "ordinary") & (standard["width"] == 4)]
+    standard = standard[standard["variant"].isin(varied["variant"])]  # variants of the panel
+    assert list(s4.data) == ["a BN γ 0.1"]
+    assert drawn(s4.data["a BN γ 0.1"]) == expected(varied, "error")
+    assert drawn(s4.data["a BN γ 0.1"], "reference") == expected(standard, "error")
     assert "missing: triangular kernel, first 5 uncoupled" in texts(s4)
     s5 = pf.figs5(runs)
-    assert len(s5.axes) == 3
-    assert [ax.get_ylabel() for ax in s5.axes] == [
-        "Convergence Index",
-        "Recurrence Index",
-        "Divergence Index",
-    ]
+    assert list(s5.data) == ["BN γ 0.1 ci", "BN γ 0.1 ri", "BN γ 0.1 di"]
+    for index in ("ci", "ri", "di"):
+        assert drawn(s5.data[f"BN γ 0.1 {index}"]) == expected(varied, index)
 
 
 def test_runs_without_indices_are_counted_not_drawn(tables) -> None:
@@ -205,10 +245,10 @@ def test_runs_without_indices_are_counted_not_drawn(tables) -> None:
     varied = at_chance["variation"] != "standard"
     at_chance.loc[varied, ["ci", "ri", "di"]] = np.nan  # as for a network left at chance
     fig = pf.figs5(at_chance)
-    for ax in fig.axes:
-        assert width_lines(ax) == {}
+    for key, ax in zip(fig.data, fig.axes, strict=True):
+        assert drawn(fig.data[key]) == {}
+        assert drawn(fig.data[key], "reference")  # the standard training is still drawn
         assert "1 run(s) at chance: no index" in [t.get_text() for t in ax.texts]
-        assert any(ln.get_label().startswith("_reference") for ln in ax.lines)
 
 
 def test_figures_without_their_runs_are_skipped_with_a_message(tables, tmp_path: Path) -> None:
@@ -216,8 +256,8 @@ def test_figures_without_their_runs_are_skipped_with_a_message(tables, tmp_path:
     with pytest.raises(pf.NothingToDrawError, match="PCR"):
         pf.figs2(runs)
     messages = []
-    drawn = pf.draw_all(runs, curves, tmp_path, ["s2", "fig4"], report=messages.append)
-    assert list(drawn) == ["fig4"]
+    made = pf.draw_all(runs, curves, tmp_path, ["s2", "fig4"], report=messages.append)
+    assert list(made) == ["fig4"]
     assert messages[0].startswith("skipped s2: no PCR runs")
     assert (tmp_path / "fig4.png").stat().st_size > 0 and (tmp_path / "fig4.pdf").exists()
     assert not (tmp_path / "s2.png").exists()
@@ -229,9 +269,9 @@ def test_absent_paper_dataset_falls_back_to_the_datasets_present(tables) -> None
     runs, curves = tables
     clutter = runs.assign(dataset="digitclutter-3")  # the same runs, as if on Digitclutter-3
     fig = pf.fig3(clutter)
-    note = texts(fig)
-    assert "dataset CIFAR-10 absent: drawn with Digitclutter-3" in note
-    assert "a  Convergence Index, Digitclutter-3" in note
+    assert "dataset CIFAR-10 absent: drawn with Digitclutter-3" in texts(fig)
+    assert drawn(fig.data["a ci"]) == expected(main_design(clutter), "ci")
+    assert "b error digitclutter-3" in fig.data
     fig2 = pf.fig2(clutter, curves)
     assert "Fig 2  ordinary ResNet, non-recurrent, Digitclutter-3, width 4" in texts(fig2)
 
@@ -239,22 +279,17 @@ def test_absent_paper_dataset_falls_back_to_the_datasets_present(tables) -> None
 def test_fig1_draws_the_toy_trajectories() -> None:
     config = ToyConfig(steps=150)
     fig = pf.fig1(config)
-    assert len(fig.axes) == 3
-    normal, dropped, extra = fig.axes
-    labels = [ln.get_label() for ln in normal.lines]
-    assert labels[:4] == [
-        "error-corrective algorithm",
-        "non-residual network",
-        "ResNet",
-        "recurrent ResNet",
-    ]
-    points = {ln.get_label(): len(ln.get_xdata()) for ln in extra.lines}
-    assert points["ResNet"] == config.blocks + config.extra_evaluations + 1
-    assert points["true z"] == 1
-    assert {ln.get_label(): len(ln.get_xdata()) for ln in dropped.lines}["ResNet"] == config.blocks
-    assert np.allclose(
-        next(ln for ln in normal.lines if ln.get_label() == "true z").get_xydata(), [[1.0, 1.0]]
-    )
+    normal, dropped, extra = (fig.data[letter] for letter in "bcd")
+    assert set(normal["method"]) == {"error-corrective", "feedforward", "resnet", "recurrent"}
+    points = extra.groupby("method").size()
+    assert points["resnet"] == config.blocks + config.extra_evaluations + 1
+    assert dropped.groupby("method").size()["resnet"] == config.blocks
+    # what the panels drew: the ResNet line of panel d holds the rows of its table
+    line = next(ln for ln in fig.axes[2].lines if ln.get_label() == "ResNet")
+    resnet = extra[extra["method"] == "resnet"]
+    assert line.get_xydata() == pytest.approx(resnet[["z1", "z2"]].to_numpy())
+    true_z = next(ln for ln in fig.axes[0].lines if ln.get_label() == "true z")
+    assert np.allclose(true_z.get_xydata(), [config.example])
 
 
 def test_summary_sets_the_paper_values_beside_ours(tables, tmp_path: Path) -> None:
