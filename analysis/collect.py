@@ -5,6 +5,10 @@ Schema of `runs.parquet`, one row per FINISHED run, sorted by (experiment, run_n
 - `run_id`, `run_name`, `experiment`, `status` (always "FINISHED"), `grid`, `trial_id`
   (tag `ray_trial_id`), `git_commit` (tag; null if absent): strings.
 - `start_time`, `end_time`: timestamp[ms, UTC].
+- `diverged`: bool, the run's tag `diverged` (its training loss became non-finite; its
+  `final_test_error` is the task's chance error and its indices are NaN).
+- `dropped_run_ids`: list of strings, the older finished runs of the same configuration
+  (every flat key but the run-local ones, the seed included) that this row replaces.
 - one column per flat config key ("model.width", "coupling.lam", "data.train_size", ...) with
   the type TrialConfig declares: int64, float64, bool or string; nullable Int64 / boolean where
   some runs hold None. The values are the run's `config.json` artifact (else its params) read
@@ -41,7 +45,7 @@ from mlflow.tracking import MlflowClient
 from tqdm import tqdm
 
 import vocabulary
-from pipeline.config import TrialConfig, flat_keys, parse_value
+from pipeline.config import RUN_LOCAL_KEYS, TrialConfig, flat_keys, parse_value
 
 RUNS_FILE = "runs.parquet"
 CURVES_FILE = "curves.parquet"
@@ -50,6 +54,7 @@ CONFIG_ARTIFACT = "config.json"
 ARTIFACTS = (CONFIG_ARTIFACT, CURVES_ARTIFACT)
 BASE_COLUMNS = ("run_id", "run_name", "experiment", "status", "grid", "trial_id", "git_commit")
 TIME_COLUMNS = ("start_time", "end_time")
+DIVERGED, DROPPED = "diverged", "dropped_run_ids"
 CURVE_COLUMNS = ("run_id", *vocabulary.CURVE_COLUMNS)
 CURVE_DTYPES = dict(
     zip(CURVE_COLUMNS, ("string", "int64", "string", "int64", "float64"), strict=True)
@@ -141,7 +146,8 @@ def runs_table(runs: dict[str, Run], experiments: dict[str, str]) -> pd.DataFram
     # `grid`, `git_commit` and `ray_trial_id` are tags; the rest is the run's info.
     extra = ["experiment_id", "ray_trial_id"]
     rows = [run.data.tags | dict(run.info) for run in runs.values()]
-    table = pd.DataFrame(rows, columns=[*BASE_COLUMNS, *TIME_COLUMNS, *extra])
+    table = pd.DataFrame(rows, columns=[*BASE_COLUMNS, *TIME_COLUMNS, DIVERGED, *extra])
+    table[DIVERGED] = table[DIVERGED].eq("true")
     table["experiment"] = table["experiment_id"].map(experiments)
     table["grid"] = table["grid"].fillna(table["experiment"])
     table["trial_id"] = table["ray_trial_id"]
@@ -198,7 +204,10 @@ def fetch_run(reader: ArtifactReader, run: Run) -> tuple[dict[str, Any], pd.Data
         paths = reader.paths(run, tmp)
         if CURVES_ARTIFACT not in paths:
             raise CorruptRunError(f"no artifact {CURVES_ARTIFACT}")
-        curves = _read_curves(paths[CURVES_ARTIFACT])
+        # A diverged run has no curves: its network never left chance.
+        curves = _read_curves(
+            paths[CURVES_ARTIFACT], empty_ok=run.data.tags.get(DIVERGED) == "true"
+        )
         if CONFIG_ARTIFACT in paths:
             config = _read_config(paths[CONFIG_ARTIFACT])
         else:  # the params hold the same config, as text
@@ -224,7 +233,7 @@ def _config_from_params(params: dict[str, str]) -> dict[str, Any]:
         raise CorruptRunError(f"no {CONFIG_ARTIFACT}, and params are no config: {error}") from error
 
 
-def _read_curves(path: Path) -> pd.DataFrame:
+def _read_curves(path: Path, empty_ok: bool = False) -> pd.DataFrame:
     try:
         frame = pd.read_parquet(path)
     except Exception as error:  # pyarrow raises several types on a damaged file
@@ -234,7 +243,7 @@ def _read_curves(path: Path) -> pd.DataFrame:
     unknown = sorted(set(frame.get("curve", pd.Series()).astype(str)) - set(vocabulary.CURVES))
     problem = (
         (missing and f"missing columns {missing}")
-        or (frame.empty and "no rows")
+        or (frame.empty and not empty_ok and "no rows")
         or (unknown and f"unknown curves {unknown}")
     )
     if problem:
@@ -260,7 +269,8 @@ def aggregate(
     by_id = search_runs(reader.client, chosen)
     found = runs_table(by_id, chosen)
     old_runs, old_curves = previous or (runs_frame(found.iloc[:0]), curves_frame(None))
-    old_runs = old_runs[old_runs["run_id"].isin(old_curves["run_id"])]  # else fetched again
+    # A row whose curves are lost is fetched again (a diverged run never had any).
+    old_runs = old_runs[old_runs["run_id"].isin(old_curves["run_id"]) | old_runs[DIVERGED]]
     done = (found["status"] == "FINISHED").to_numpy()
     skipped = [
         SkippedRun(
@@ -294,14 +304,41 @@ def aggregate(
     for item in skipped:
         (report or functools.partial(print, file=sys.stderr))(item.message())
     parts = [p for p in (kept, new.reset_index()) if len(p)]
+    runs = runs_frame(pd.concat(parts, ignore_index=True) if parts else kept)
+    runs = keep_newest_per_configuration(runs)
+    dropped = sum(len(ids) for ids in runs[DROPPED])
+    if dropped:
+        (report or functools.partial(print, file=sys.stderr))(
+            f"dropped {dropped} duplicate run(s): an older finished run of a configuration that "
+            "a newer run repeats (their ids: column dropped_run_ids)"
+        )
     curves = [old_curves[old_curves["run_id"].isin(kept["run_id"])], *new_curves]
+    curves_table = curves_frame(pd.concat(curves, ignore_index=True))
     return Aggregation(
-        runs=runs_frame(pd.concat(parts, ignore_index=True) if parts else kept),
-        curves=curves_frame(pd.concat(curves, ignore_index=True)),
+        runs=runs,
+        curves=curves_table[curves_table["run_id"].isin(runs["run_id"])].reset_index(drop=True),
         fetched=len(todo),
         reused=len(kept),
         skipped=tuple(skipped),
     )
+
+
+def keep_newest_per_configuration(runs: pd.DataFrame) -> pd.DataFrame:
+    """Return one row per configuration, the newest finished run, listing the runs it replaces."""
+    # A figure grid and paper_grid share trials: logged twice, a seed would count twice
+    # (n doubles, the sd shrinks). Run-local keys (data root, device, threads) do not count.
+    keys = [k for k in flat_keys() if k not in RUN_LOCAL_KEYS and k in runs.columns]
+    if runs.empty or not keys:
+        return runs.assign(**{DROPPED: [[] for _ in range(len(runs))]})
+    identity = runs[keys].astype("string").fillna("<NA>").agg("\x1f".join, axis=1)
+    newest_first = runs.assign(_identity=identity).sort_values(
+        ["end_time", "run_id"], ascending=False, kind="stable"
+    )
+    groups = newest_first.groupby("_identity", sort=False)["run_id"]
+    dropped = {ids.iloc[0]: sorted(ids.iloc[1:]) for _, ids in groups}
+    kept = runs[runs["run_id"].isin(dropped)].copy()
+    kept[DROPPED] = [dropped[run_id] for run_id in kept["run_id"]]
+    return kept.reset_index(drop=True)
 
 
 def _fetch_all(
@@ -325,8 +362,11 @@ def runs_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """Return the runs table typed and sorted as the module docstring says."""
     rest = sorted(set(frame.columns) - {*BASE_COLUMNS, *TIME_COLUMNS})
     config = [c for c in rest if "." in c]  # flat config keys; metric names have no dot
+    rest = [c for c in rest if c not in (DIVERGED, DROPPED)]
     columns = {c: frame[c].astype("string") for c in BASE_COLUMNS}
     columns |= {c: frame[c].astype("datetime64[ms, UTC]") for c in TIME_COLUMNS}
+    diverged = frame[DIVERGED] if DIVERGED in frame else pd.Series(False, index=frame.index)
+    columns[DIVERGED] = diverged.fillna(False).astype(bool)
     for name in config:
         declared = config_types().get(name)
         if declared is None:  # a key of an older TrialConfig, in rows aggregated back then

@@ -38,8 +38,17 @@ def train_size_label(train_size: object) -> str:
     return FULL if train_size is None or pd.isna(train_size) else f"{int(train_size)}"
 
 
-def with_conditions(runs: pd.DataFrame) -> pd.DataFrame:
-    """Return runs with columns dataset, width, block, variant, variation, train_size, seed."""
+ERRORS = ("image", "digit")  # Digitclutter's two errors (docs/method.md); others have one
+
+
+def with_conditions(
+    runs: pd.DataFrame, error: str = "image", exclude_diverged: bool = False
+) -> pd.DataFrame:
+    """Return runs with columns dataset, width, block, variant, variation, train_size, seed,
+    diverged and error (Digitclutter's image or digit error; NaN for diverged runs if excluded).
+    """
+    if error not in ERRORS:
+        raise ValueError(f"error={error!r}: allowed are {ERRORS}")
     missing = [c for c in REQUIRED if c not in runs.columns]
     if missing:
         raise ValueError(f"runs table lacks columns {missing}: needed are {list(REQUIRED)}")
@@ -66,7 +75,13 @@ def with_conditions(runs: pd.DataFrame) -> pd.DataFrame:
     ]
     out["train_size"] = [train_size_label(v) for v in column("data.train_size", None)]
     out["seed"] = column("run.seed", 0).astype(int)
+    out["diverged"] = column("diverged", False).fillna(False).astype(bool)
     out["error"] = out["final_test_error"].astype(float)
+    if error == "digit" and "final_test_digit_error" in out.columns:
+        digit = out["final_test_digit_error"].astype(float)
+        out["error"] = digit.where(digit.notna(), out["error"])
+    if exclude_diverged:
+        out.loc[out["diverged"], "error"] = float("nan")
     return out
 
 
@@ -106,6 +121,7 @@ def missing_note(expected: dict[str, Sequence[object]], present: dict[str, Itera
 
 __all__ = [
     "BLOCK_LABELS",
+    "ERRORS",
     "FULL",
     "INDEX_LABELS",
     "INDEX_NAMES",

@@ -3,6 +3,8 @@
 Usage: python analysis/figures.py [--results results/] [--out figures/] [--only NAME ...] [--report]
 Figures: fig1 (toy problem, trained here), fig2, fig3, fig4, s1, s2, s3, s4, s5.
 --report also writes figures/summary.md (per condition mean +/- sd, beside the paper's values).
+Diverged runs count at chance error unless --exclude-diverged; --error digit draws
+Digitclutter's digit error instead of its image error (docs/method.md).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+from analysis.conditions import ERRORS
 from analysis.paper_figures import ALL_FIGURES, draw_all
 from analysis.report import load_results, write_summary
 
@@ -32,9 +35,21 @@ def main(argv: list[str] | None = None) -> int:
         "--only", nargs="+", metavar="NAME", choices=ALL_FIGURES, help="draw only these figures"
     )
     parser.add_argument("--report", action="store_true", help="also write summary.md")
+    parser.add_argument(
+        "--error",
+        choices=ERRORS,
+        default="image",
+        help="Digitclutter's error: image (all n digits in the top n; default) or digit "
+        "(fraction of digits missed)",
+    )
+    parser.add_argument(
+        "--exclude-diverged",
+        action="store_true",
+        help="leave diverged runs out of the error panels and means (default: at chance)",
+    )
     args = parser.parse_args(argv)
     try:
-        runs, curves = load_results(args.results)
+        runs, curves = load_results(args.results, args.error, args.exclude_diverged)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -163,8 +163,26 @@ def coupling_panel(
     ax.set_xlim(-0.5, len(variants) - 0.5)
     ax.set_xlabel("coupling (initialisation)")
     ax.set_ylabel(INDEX_LABELS.get(y, "test error" if y == "error" else y))
+    lines = []
     unindexed = int(data[y].isna().sum())
     if unindexed:
-        ax.text(0.02, 0.98, f"{unindexed} run(s) at chance: no index", transform=ax.transAxes)
+        lines.append(f"{unindexed} run(s) at chance: no index")
+    lines += diverged_counts(data)
+    if lines:
+        ax.text(0.02, 0.98, "\n".join(lines), transform=ax.transAxes)
         ax.texts[-1].set(va="top", fontsize=7, color=NOTE_COLOUR)
     return pd.concat([runs, ref], ignore_index=True)
+
+
+def diverged_counts(data: pd.DataFrame) -> list[str]:
+    """Return "rec. 1, width 16: n = 3 (1 diverged)" for each condition with a diverged run."""
+    if "diverged" not in data or not data["diverged"].any():
+        return []
+    grouped = data.groupby(["variant", "width"])["diverged"].agg(["size", "sum"])
+    return [
+        f"{variant}, width {width}: n = {n} ({diverged} diverged)"
+        for (variant, width), n, diverged in zip(
+            grouped.index, grouped["size"], grouped["sum"], strict=True
+        )
+        if diverged
+    ]

@@ -23,14 +23,14 @@ SUMMARY_METRICS = (("error", "error"), ("ci", "CI"), ("ri", "RI"), ("di", "DI"))
 
 
 def load_results(
-    directory: str | os.PathLike,
+    directory: str | os.PathLike, error: str = "image", exclude_diverged: bool = False
 ) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
     """Return (runs with condition columns, curves) from a results directory, or (None, None)."""
     directory = Path(directory)
     runs_path, curves_path = directory / RUNS_FILE, directory / CURVES_FILE
     if not runs_path.exists():
         return None, None
-    runs = with_conditions(pd.read_parquet(runs_path))
+    runs = with_conditions(pd.read_parquet(runs_path), error, exclude_diverged)
     if curves_path.exists():
         curves = pd.read_parquet(curves_path)
     else:
@@ -44,7 +44,9 @@ def condition_summary(runs: pd.DataFrame) -> pd.DataFrame:
     grouped = runs.groupby(list(CONDITION_COLUMNS), dropna=False)[columns]
     table = grouped.agg(["mean", "std", "count"]).reset_index()
     table.columns = [f"{a}_{b}" if b else a for a, b in table.columns]
-    table["n"] = runs.groupby(list(CONDITION_COLUMNS), dropna=False).size().to_numpy()
+    counts = runs.groupby(list(CONDITION_COLUMNS), dropna=False)["diverged"].agg(["size", "sum"])
+    table["n"] = counts["size"].to_numpy()
+    table["diverged"] = counts["sum"].to_numpy()
     rank = {d: i for i, d in enumerate(DATASET_ORDER)}
     sizes = {s: i for i, s in enumerate(ordered_train_sizes(table["train_size"]))}
     table = table.sort_values(
@@ -56,6 +58,11 @@ def condition_summary(runs: pd.DataFrame) -> pd.DataFrame:
         }.get(s.name, lambda v: v)(s),
     )
     return table.reset_index(drop=True)
+
+
+def count_label(n: int, diverged: int) -> str:
+    """Return "3", or "3 (1 diverged)": a diverged run counts, at chance error."""
+    return f"{n} ({diverged} diverged)" if diverged else f"{n}"
 
 
 def _mean_sd(mean: float, sd: float, count: int, percent: bool = False) -> str:
@@ -130,7 +137,7 @@ def summary_markdown(runs: pd.DataFrame) -> str:
             values["train_size"],
             str(values["width"]),
             values["variant"],
-            str(values["n"]),
+            count_label(values["n"], values["diverged"]),
         ]
         for column, _ in SUMMARY_METRICS:
             cells.append(
@@ -145,6 +152,13 @@ def summary_markdown(runs: pd.DataFrame) -> str:
     missing = int(runs[list(INDEX_NAMES)].isna().any(axis=1).sum()) if "ci" in runs else 0
     if missing:
         lines += ["", f"{missing} run(s) without indices: their final error is at chance."]
+    diverged = int(runs["diverged"].sum())
+    if diverged:
+        lines += [
+            "",
+            f"{diverged} run(s) diverged (non-finite training loss): each counts in n, with its "
+            "error at chance and no indices.",
+        ]
     return "\n".join(lines) + "\n"
 
 

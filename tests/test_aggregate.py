@@ -18,7 +18,16 @@ from mlflow.tracking import MlflowClient
 from mlflow_fixtures import mlflow_server
 
 from analysis import aggregate as aggregate_cli
-from analysis.collect import CURVE_COLUMNS, aggregate_to, read_tables
+from analysis.collect import (
+    CURVE_COLUMNS,
+    ArtifactReader,
+    aggregate,
+    aggregate_to,
+    read_tables,
+    write_tables,
+)
+from analysis.conditions import with_conditions
+from analysis.report import summary_markdown
 from pipeline.config import TrialConfig
 from pipeline.tracking import TrialRun
 from pipeline.train import run_trial
@@ -111,7 +120,9 @@ def fill_store(root: Path) -> Store:
     running = log_trial(uri, "smoke", tiny_config(data_root), "t-running", "running")
     corrupt = log_trial(uri, "smoke", tiny_config(data_root), "t-corrupt", "finished")
     (artifact_dir(uri, corrupt) / "curves.parquet").write_bytes(b"PAR1 truncated")
-    no_config = log_trial(uri, "other", tiny_config(data_root), "t-params-only", "finished")
+    # A configuration of its own: aggregation keeps one run per configuration.
+    params_only = tiny_config(data_root, **{"optim.lr": 0.05})
+    no_config = log_trial(uri, "other", params_only, "t-params-only", "finished")
     (artifact_dir(uri, no_config) / "config.json").unlink()
     return Store(
         uri, root / "mlflow.db", data_root, tuple(finished), failed, running, corrupt, no_config
@@ -338,3 +349,58 @@ def test_served_artifacts_are_read_from_disk_without_the_server(
     # Without the folder the artifacts cannot be resolved: reported and skipped, no crash.
     blind = aggregate_to(store, tmp_path / "blind", [grid], progress=False)
     assert [s.run_id for s in blind.skipped] == [finished]
+
+
+def test_one_configuration_counts_once_across_experiments(tmp_path: Path) -> None:
+    # A figure grid and then paper_grid log the same trials: each seed must count once.
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    data_root = write_cifar(tmp_path / "data", "cifar10", n_train=200, n_test=100)
+    create_experiments(uri, ["fig3", "paper_grid"], tmp_path / "artifacts")
+    configs = [tiny_config(data_root, **{"run.seed": seed, "optim.epochs": 1}) for seed in (0, 1)]
+    older = [log_trial(uri, "fig3", c, f"fig3-{i}", "finished") for i, c in enumerate(configs)]
+    # Run-local keys (threads, device, data root) do not make a trial another one.
+    elsewhere = [c.with_updates({"run.threads": 2}) for c in configs]
+    newer = [
+        log_trial(uri, "paper_grid", c, f"pg-{i}", "finished") for i, c in enumerate(elsewhere)
+    ]
+    messages: list[str] = []
+    out = tmp_path / "results"
+    result = aggregate(ArtifactReader(MlflowClient(uri)), progress=False, report=messages.append)
+    write_tables(result, out)
+    runs, curves = read_tables(out)
+    assert sorted(runs["run_id"]) == sorted(newer)  # the newest finished run of each
+    assert sorted(runs["experiment"]) == ["paper_grid", "paper_grid"]
+    by_kept = dict(zip(runs["run_id"], runs["dropped_run_ids"], strict=True))
+    assert {run: list(ids) for run, ids in by_kept.items()} == {
+        newer[0]: [older[0]],
+        newer[1]: [older[1]],
+    }
+    assert set(curves["run_id"]) == set(newer)
+    assert any("dropped 2 duplicate run(s)" in m for m in messages), messages
+    # Idempotent: the second pass gives the same pair of tables.
+    again = aggregate(
+        ArtifactReader(MlflowClient(uri)), previous=(runs, curves), progress=False, report=print
+    )
+    pd.testing.assert_frame_equal(again.runs, result.runs)
+
+
+def test_a_diverged_run_is_a_row_at_chance_counted_in_the_summary(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    data_root = write_cifar(tmp_path / "data", "cifar10", n_train=200, n_test=100)
+    create_experiments(uri, ["smoke"], tmp_path / "artifacts")
+    fine = log_trial(uri, "smoke", tiny_config(data_root), "fine", "finished")
+    exploding = tiny_config(data_root, **{"optim.lr": 1e30, "run.seed": 1})
+    diverged = log_trial(uri, "smoke", exploding, "exploding", "finished")
+    run = MlflowClient(uri).get_run(diverged)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["diverged"] == "true" and run.data.tags["diverged_epoch"] == "1"
+    result = aggregate(ArtifactReader(MlflowClient(uri)), progress=False, report=print)
+    runs = result.runs.set_index("run_id")
+    assert not runs.loc[fine, "diverged"] and runs.loc[diverged, "diverged"]
+    assert runs.loc[diverged, "final_test_error"] == pytest.approx(0.9)  # CIFAR-10's chance
+    assert pd.isna(runs.loc[diverged, "ci"])
+    summary = summary_markdown(with_conditions(result.runs))
+    assert "| 2 (1 diverged) |" in summary
+    assert "1 run(s) diverged" in summary
+    excluded = with_conditions(result.runs, exclude_diverged=True).set_index("run_id")
+    assert pd.isna(excluded.loc[diverged, "error"]) and excluded.loc[fine, "error"] < 0.9

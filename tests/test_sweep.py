@@ -30,6 +30,9 @@ from mlflow import MlflowClient
 from mlflow_fixtures import mlflow_server, sweep_data_root
 from ray.autoscaler._private.util import prepare_config, validate_config
 
+from analysis.collect import aggregate_to, read_tables
+from analysis.conditions import with_conditions
+from analysis.report import write_summary
 from sweeps.grids import GRIDS, SMOKE_BASE
 from sweeps.tracking_server import (
     TrackingUnreachableError,
@@ -316,6 +319,38 @@ def test_failed_trial_is_retried_into_the_same_run(
     for metric in ("test_error", "train_loss", "epoch"):
         history = client.get_metric_history(run.info.run_id, metric)
         assert sorted(m.step for m in history) == [1, 2], metric
+
+
+@pytest.mark.slow
+def test_a_diverged_trial_is_counted_not_retried(
+    tmp_path: Path, mlflow_server, sweep_data_root: Path
+) -> None:
+    experiment = "diverged"
+    result = launch(
+        "smoke",
+        *TINY,
+        "optim.lr=1e30",
+        "optim.warmup_epochs=0",
+        "--limit=1",
+        f"--tracking-uri={mlflow_server.uri}",
+        f"--experiment={experiment}",
+        f"--storage={tmp_path / 'results'}",
+        f"--data-root={sweep_data_root}",
+    )
+    assert result.returncode == 0, explain(result)  # a diverged trial is a finished trial
+    assert "retrying" not in result.stdout
+    assert "DIVERGED in epoch 1, counted at chance" in result.stdout
+    (run,) = runs_of(MlflowClient(mlflow_server.uri), experiment)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["diverged"] == "true" and run.data.tags["diverged_epoch"] == "1"
+    assert "attempts" not in run.data.tags  # one attempt
+    out = tmp_path / "tables"
+    aggregate_to(mlflow_server.uri, out, [experiment], progress=False)
+    runs, _ = read_tables(out)
+    assert list(runs["diverged"]) == [True]
+    assert list(runs["final_test_error"]) == [pytest.approx(1 - 1 / 120)]  # Digitclutter-3
+    summary = write_summary(with_conditions(runs), tmp_path / "figures").read_text()
+    assert "| 1 (1 diverged) |" in summary
 
 
 @pytest.mark.slow
