@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import getpass
+import hashlib
 import importlib.metadata
 import json
 import numbers
@@ -17,15 +19,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType
+from mlflow.entities import (
+    Dataset,
+    DatasetInput,
+    InputTag,
+    Metric,
+    Param,
+    RunStatus,
+    RunTag,
+    ViewType,
+)
 from mlflow.exceptions import MlflowException
 
 from vocabulary import variant_slug
 
 if TYPE_CHECKING:
     import pandas as pd
+    from torch import nn
 
     from pipeline.config import TrialConfig
+    from pipeline.data import Dataset as DataSplit
     from pipeline.train import TrialResult
 
 TRIAL_ID_TAG = "ray_trial_id"
@@ -47,6 +60,21 @@ VERSIONED_PACKAGES = ("iterconv", "torch", "torchvision", "ray", "mlflow", "nump
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
 MAX_TAG_CHARS = 5000
+# MLflow 3 opens an experiment as a GenAI app unless it is tagged as model training, and a
+# browser that once saw a GenAI page keeps that view unless the link asks for the runs.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+RUNS_VIEW = "runs?workflowType=machine_learning"
+# MLflow's own run tags, shown in the UI's Source, User and Description fields.
+SOURCE_NAME = "sweeps/launch.py"
+DATASET_CONTEXT_TAG = "mlflow.data.context"  # the split, shown beside the dataset's name
+DIGEST_CHARS = 12
+# CPU, memory (and GPU where pynvml sees one) sampled every so many seconds per trial; the
+# environment variable MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it.
+SYSTEM_METRICS_INTERVAL_S = 10.0
+# The trained network of a trial, loadable with torch.load(..., weights_only=True).
+WEIGHTS_ARTIFACT = "model/state_dict.pt"
+NETWORK_ARTIFACT = "model/network.json"  # build_model's arguments
 
 
 def run_name(config: TrialConfig) -> str:
@@ -124,7 +152,7 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
-            return client.create_experiment(name)
+            return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
         except MlflowException:
             # Another trial created it between our lookup and our create.
             experiment = client.get_experiment_by_name(name)
@@ -132,7 +160,116 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
                 raise
     if experiment.lifecycle_stage == "deleted":
         client.restore_experiment(experiment.experiment_id)
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        # Made by an older version, or by hand: open it on the runs too.
+        client.set_experiment_tag(
+            experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
+        )
     return experiment.experiment_id
+
+
+def experiment_url(tracking_uri: str, experiment_id: str) -> str:
+    """Return the MLflow UI link that opens an experiment on its runs table."""
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/{RUNS_VIEW}"
+
+
+def describe(config: TrialConfig) -> str:
+    """Return the condition of a trial in words, one line (the run's description)."""
+    from vocabulary import BLOCK_LABELS, dataset_label, variant_label, variation_label
+
+    model, coupling, data = config.model, config.coupling, config.data
+    block = BLOCK_LABELS[model.block]
+    network = f"{block} ResNet" + (f" (mu {model.mu:g})" if model.block != "ordinary" else "")
+    init = "recurrent init" if model.recurrent_init else "non-recurrent init"
+    images = (
+        "all training images" if data.train_size is None else f"{data.train_size} training images"
+    )
+    variation = variation_label(model.bn_gamma_init, coupling.kernel, coupling.first_coupled)
+    return (
+        f"{network}, width {model.width}, {model.blocks_per_stage} blocks per stage, {init}, "
+        f"coupling {coupling.lam:g} ({variant_label(model.recurrent_init, coupling.lam)}), "
+        f"{variation} training, on {dataset_label(data.dataset)} ({images}), seed {config.run.seed}"
+    )
+
+
+def system_tags(config: TrialConfig) -> dict[str, str]:
+    """Return MLflow's own tags of a trial's run: source, commit, user and description."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry for the uid (some containers)
+        user = "unknown"
+    return {
+        "mlflow.source.name": SOURCE_NAME,
+        "mlflow.source.type": "JOB",
+        "mlflow.source.git.commit": git_commit(),
+        "mlflow.user": user,
+        "mlflow.note.content": describe(config),
+    }
+
+
+def dataset_digest(split: DataSplit) -> str:
+    """Return a short SHA-256 of a split's images and targets: same digest, same examples."""
+    digest = hashlib.sha256()
+    for tensor in (split.images, split.targets):
+        array = tensor.contiguous().numpy()
+        digest.update(str((array.dtype, array.shape)).encode())
+        digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()[:DIGEST_CHARS]
+
+
+def dataset_input(split: DataSplit, root: str) -> DatasetInput:
+    """Return a split as an MLflow dataset input: name, digest, size, shapes, split as context."""
+    features = [-1, *split.images.shape[1:]]
+    targets = [-1, *split.targets.shape[1:]]
+    schema = {
+        "mlflow_tensorspec": {
+            "features": json.dumps([_tensor_spec(split.images.dtype, features)]),
+            "targets": json.dumps([_tensor_spec(split.targets.dtype, targets)]),
+        }
+    }
+    profile = {
+        "num_rows": len(split),
+        "features_shape": list(split.images.shape),
+        "targets_shape": list(split.targets.shape),
+    }
+    dataset = Dataset(
+        name=split.name,
+        digest=dataset_digest(split),
+        source_type="local",
+        source=json.dumps({"uri": str(root)}),
+        schema=json.dumps(schema),
+        profile=json.dumps(profile),
+    )
+    return DatasetInput(dataset, tags=[InputTag(DATASET_CONTEXT_TAG, split.split)])
+
+
+def _tensor_spec(dtype: Any, shape: list[int]) -> dict[str, Any]:
+    """Return MLflow's JSON form of a tensor column (dtype name without 'torch.')."""
+    return {
+        "type": "tensor",
+        "tensor-spec": {"dtype": str(dtype).removeprefix("torch."), "shape": shape},
+    }
+
+
+def load_trial_model(run_id: str, tracking_uri: str | None = None) -> nn.Module:
+    """Return the trained network of a finished run: models.build_model with its weights."""
+    import mlflow.artifacts
+    import torch
+
+    from models import ResNetConfig, build_model
+
+    def fetch(path: str) -> str:
+        return mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=path, tracking_uri=tracking_uri
+        )
+
+    with open(fetch(NETWORK_ARTIFACT)) as file:
+        network = json.load(file)
+    model = build_model(
+        ResNetConfig(**network["model"]), network["in_channels"], network["num_classes"]
+    )
+    model.load_state_dict(torch.load(fetch(WEIGHTS_ARTIFACT), weights_only=True))
+    return model.eval()
 
 
 def find_trial_run(client: MlflowClient, experiment_id: str, trial_id: str) -> Any | None:
@@ -170,6 +307,7 @@ class TrialRun:
         self.client = client
         self.run_id = run_id
         self.logged_epochs = logged_epochs  # epochs already in the run's history
+        self.monitor: Any | None = None  # MLflow's system metrics thread, while the trial runs
 
     @classmethod
     def open(
@@ -180,18 +318,23 @@ class TrialRun:
         config: TrialConfig,
         grid: str,
         tags: Mapping[str, str] | None = None,
+        system_metrics: bool = True,
     ) -> TrialRun:
         """Return the run of this trial: the existing one reopened, or a new one with params."""
         client = MlflowClient(tracking_uri)
         experiment_id = ensure_experiment(client, experiment)
         run_tags = {"grid": grid, TRIAL_ID_TAG: trial_id, **environment_tags(), **(tags or {})}
+        run_tags |= system_tags(config)
         existing = find_trial_run(client, experiment_id, trial_id)
         if existing is None:
             run = client.create_run(experiment_id, tags=run_tags, run_name=run_name(config))
             run_id = run.info.run_id
             _log_params(client, run_id, config.to_flat_dict())
             _log_json_artifact(client, run_id, "config.json", config.to_dict())
-            return cls(client, run_id, set())
+            trial_run = cls(client, run_id, set())
+            if system_metrics:
+                trial_run.start_system_metrics(tracking_uri, resumed=False)
+            return trial_run
         run_id = existing.info.run_id
         previous_error = existing.data.tags.get(ERROR_TAG)
         if previous_error is not None:
@@ -202,7 +345,43 @@ class TrialRun:
         client.update_run(run_id, status="RUNNING")
         client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in run_tags.items()])
         history = client.get_metric_history(run_id, EPOCH_HISTORY_METRIC)
-        return cls(client, run_id, {int(metric.step) for metric in history})
+        trial_run = cls(client, run_id, {int(metric.step) for metric in history})
+        if system_metrics:
+            trial_run.start_system_metrics(tracking_uri, resumed=True)
+        return trial_run
+
+    def start_system_metrics(self, tracking_uri: str, resumed: bool) -> None:
+        """Log CPU, memory (and GPU) use of this node as system/* metrics while the trial runs."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        self.monitor = SystemMetricsMonitor(
+            self.run_id,
+            sampling_interval=SYSTEM_METRICS_INTERVAL_S,
+            resume_logging=resumed,  # a retry continues the steps of the first attempt
+            tracking_uri=tracking_uri,
+        )
+        self.monitor.start()
+
+    def stop_system_metrics(self) -> None:
+        """Stop the system metrics thread and send what it has sampled."""
+        if self.monitor is not None:
+            self.monitor.finish()
+            self.monitor = None
+
+    def log_datasets(self, splits: Iterable[DataSplit], root: str) -> None:
+        """Log the trial's train and test splits as the run's dataset inputs (once per digest)."""
+        self.client.log_inputs(self.run_id, datasets=[dataset_input(s, root) for s in splits])
+
+    def log_model(self, model: nn.Module, config: Mapping[str, Any]) -> None:
+        """Store the trained weights (a state_dict) and the build_model arguments that fit them."""
+        import torch
+
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        with tempfile.TemporaryDirectory(prefix="iterconv-artifacts-") as directory:
+            torch.save(state, os.path.join(directory, os.path.basename(WEIGHTS_ARTIFACT)))
+            with open(os.path.join(directory, os.path.basename(NETWORK_ARTIFACT)), "w") as f:
+                json.dump(dict(config), f, indent=2, sort_keys=True)
+            self.client.log_artifacts(self.run_id, directory, os.path.dirname(WEIGHTS_ARTIFACT))
 
     def log_epoch(self, metrics: Mapping[str, float]) -> bool:
         """Log one epoch's metrics with step=epoch in one request; False if already logged."""
@@ -232,11 +411,15 @@ class TrialRun:
         if result.diverged_epoch is not None:
             tags[DIVERGED_EPOCH_TAG] = str(result.diverged_epoch)
         self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        if result.model is not None:  # a diverged trial has no network worth keeping
+            self.log_model(result.model, result.network)
+        self.stop_system_metrics()
         self.client.set_terminated(self.run_id, status="FINISHED")
 
     def fail(self, error: BaseException) -> None:
         """Record the error as a tag and end the run FAILED (a retry reopens it)."""
         message = f"{type(error).__name__}: {error}"[:MAX_TAG_CHARS]
+        self.stop_system_metrics()
         self.client.set_tag(self.run_id, ERROR_TAG, message)
         self.client.set_terminated(self.run_id, status=RunStatus.to_string(RunStatus.FAILED))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -57,6 +58,9 @@ class TrialResult:
     curves: pd.DataFrame  # columns stage, curve, step, error
     history: list[dict[str, float]] = field(default_factory=list)  # one dict per epoch
     diverged_epoch: int | None = None  # the epoch whose training loss became non-finite
+    # The trained network, and the arguments of models.build_model that rebuild it.
+    model: ResNet | None = field(default=None, repr=False, compare=False)
+    network: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def diverged(self) -> bool:
@@ -366,7 +370,11 @@ def finish_trial(trial: Trial, history: list[dict[str, float]]) -> TrialResult:
         "final_train_loss": history[-1]["train_loss"],
         **_trial_facts(trial, history),
     }
-    return TrialResult(trial.config, metrics, dict(indices), curves, history)
+    # What models.build_model needs to rebuild the network from its stored weights.
+    network = {"model": dataclasses.asdict(trial.config.model), **network_shape(trial.config)}
+    return TrialResult(
+        trial.config, metrics, dict(indices), curves, history, model=trial.model, network=network
+    )
 
 
 def _trial_facts(trial: Trial, history: list[dict[str, float]]) -> dict[str, float]:
@@ -414,15 +422,24 @@ def _epoch_line(metrics: dict[str, float], epochs: int) -> str:
 
 
 def run_trial(
-    config: TrialConfig, report: Report | None = None, checkpoint_dir: str | None = None
+    config: TrialConfig,
+    report: Report | None = None,
+    checkpoint_dir: str | None = None,
+    on_data: Callable[[tuple[Dataset, Dataset]], None] | None = None,
 ) -> TrialResult:
-    """Train one trial (resuming from checkpoint_dir if it holds a checkpoint); return results."""
+    """Train one trial (resuming from checkpoint_dir if it holds a checkpoint); return results.
+
+    `on_data` is given the (train, test) splits once they are loaded, before training.
+    """
     device = resolve_device(config.run.device)
     if config.run.threads is not None:
         torch.set_num_threads(config.run.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    trial = build_trial(config, device)
+    splits = load_splits(config)
+    if on_data is not None:
+        on_data(splits)
+    trial = build_trial(config, device, splits)
     path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     history: list[dict[str, float]] = []
     if path is not None and path.exists():

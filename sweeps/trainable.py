@@ -86,7 +86,10 @@ def run_tracked_trial(param: dict[str, Any], context: SweepContext) -> None:
             else:
                 tune.report(metrics)
 
-        result = run_trial(config, report=report, checkpoint_dir=workdir)
+        def log_datasets(splits: tuple) -> None:
+            run.log_datasets(splits, config.data.root)
+
+        result = run_trial(config, report=report, checkpoint_dir=workdir, on_data=log_datasets)
         run.finish(result)
         tune.report({**result.summary(), "mlflow_run_id": run.run_id})
     except Exception as error:
@@ -95,6 +98,7 @@ def run_tracked_trial(param: dict[str, Any], context: SweepContext) -> None:
             run.fail(error)
         raise
     finally:
+        run.stop_system_metrics()  # also when Tune stops the trial (not an Exception)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
