@@ -13,6 +13,7 @@ from pipeline.calibration import load_calibration
 from pipeline.config import TrialConfig
 from pipeline.data import load_dataset
 from sweeps.grids import GRIDS, trial_configs
+from sweeps.progress import print_status
 from sweeps.resources import DEFAULT_GPU_SHARE, Resources, format_dry_run, parse_gpu_share
 from sweeps.sweep import check_sweep_path, experiment_path, run_sweep
 from sweeps.tracking_server import TrackingUnreachableError, check_reachable, is_http_uri
@@ -191,6 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(also errored ones) resume from their checkpoints",
     )
     selection.add_argument(
+        "--status",
+        action="store_true",
+        help="print the progress of the sweep in STORAGE/GRID (running or stopped) from its "
+        "saved state: finished, running, failed, total, elapsed, ETA; touches nothing",
+    )
+    selection.add_argument(
         "--dry-run",
         action="store_true",
         help="print the trial count by dataset and variant and the estimated GPU-hours; "
@@ -238,6 +245,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(format_dry_run(args.grid, configs, resources, calibration))
             return 0
         path = experiment_path(args.storage, args.grid)
+        if args.status:
+            print_status(path)
+            return 0
         check_sweep_path(path, args.resume)
         if args.tracking_uri is not None and is_http_uri(args.tracking_uri):
             check_reachable(args.tracking_uri)

@@ -20,7 +20,8 @@ from mlflow import MlflowClient
 from ray import tune
 
 from pipeline.config import TrialConfig
-from pipeline.tracking import close_unfinished_runs, ensure_experiment
+from pipeline.tracking import close_unfinished_runs, ensure_experiment, experiment_url
+from sweeps.progress import ProgressLine
 from sweeps.resources import Resources
 from sweeps.tracking_server import is_http_uri, tracking_server
 from sweeps.trainable import (
@@ -35,6 +36,7 @@ from sweeps.trainable import (
 )
 
 EXIT_UNFINISHED = 1  # the sweep ran but some trials failed or were interrupted
+UI_PORT = 5000  # where `mlflow ui` listens by default
 # Credentials for a tracking server with basic auth (docker/compose.yaml), passed to trials.
 FORWARDED_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
@@ -49,7 +51,6 @@ def tracking(args: argparse.Namespace, host: str) -> Iterator[str]:
     uri = args.tracking_uri
     if uri is not None and is_http_uri(uri):
         yield uri
-        print(f"browse the runs at {uri}", flush=True)
         return
     backend = uri or default_backend_store(args.storage)
     root = Path(args.storage).expanduser().resolve() if "://" not in args.storage else Path.cwd()
@@ -58,7 +59,8 @@ def tracking(args: argparse.Namespace, host: str) -> Iterator[str]:
         yield server.uri
     print(
         f"browse the runs: mlflow ui --backend-store-uri {backend} "
-        f"--artifacts-destination {root / 'mlartifacts'}",
+        f"--artifacts-destination {root / 'mlartifacts'} (then open the link below on its "
+        f"port, {UI_PORT})",
         flush=True,
     )
 
@@ -98,8 +100,9 @@ def run_sweep(args: argparse.Namespace, configs: Sequence[TrialConfig], path: st
             tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
         else:
             experiment = args.experiment or args.grid
-            ensure_experiment(MlflowClient(uri), experiment)
+            experiment_id = ensure_experiment(MlflowClient(uri), experiment)
             print(f"sweep {args.grid}: {len(configs)} trials on {device}, in {path}", flush=True)
+            print(f"MLflow UI while it runs: {experiment_url(uri, experiment_id)}", flush=True)
             storage, name = path.rsplit("/", 1)
             trials = [c.to_flat_dict() for c in configs]
             tuner = tune.Tuner(
@@ -121,7 +124,7 @@ def run_sweep(args: argparse.Namespace, configs: Sequence[TrialConfig], path: st
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                     log_to_file=True,
                     verbose=2 if args.verbose else 0,
-                    callbacks=[ProgressLines()],
+                    callbacks=[ProgressLines(), ProgressLine()],
                 ),
             )
         if not args.verbose:
@@ -135,6 +138,10 @@ def run_sweep(args: argparse.Namespace, configs: Sequence[TrialConfig], path: st
         )
         finished = sum(1 for r in results if r.error is None and "final_test_error" in r.metrics)
         closed = close_unfinished_runs(uri, experiment, trial_ids)
+        experiment_id = ensure_experiment(MlflowClient(uri), experiment)
+    # A local store's server has stopped: the link is for `mlflow ui` on its default port.
+    ui = uri if is_http_uri(args.tracking_uri or "") else f"http://127.0.0.1:{UI_PORT}"
+    print(f"MLflow UI: {experiment_url(ui, experiment_id)}", flush=True)
     total = len(results)
     print(f"sweep {args.grid}: {finished} of {total} trials finished; results in {path}")
     if finished < total:
