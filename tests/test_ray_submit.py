@@ -157,7 +157,7 @@ def lab_config(ssh: dict[str, str], storage: Path, data_root: Path) -> dict:
     config["provider"].update(head_ip="127.0.0.1", worker_ips=[])
     config["auth"].update(ssh_user=ssh["user"], ssh_private_key=ssh["key"])
     # Free ports: other Ray clusters may run on this machine.
-    ports = {"6379": free_port(), "8076": free_port(), "10001": free_port()}
+    ports = {"6379": free_port(), "8076": free_port()}
     replacements = {
         "/opt/iterconv/.venv/bin": str(Path(sys.executable).parent),
         "/mnt/shared/ray_results": str(storage),

@@ -104,7 +104,17 @@ def slurm(tmp_path: Path) -> Iterator[dict[str, str]]:
             return state.stdout.strip() == "idle"
 
         wait_for(node_idle, 60, "the SLURM node to be idle")
-        yield env
+        try:
+            yield env
+        finally:
+            # A job still running (a failed or interrupted test) ends before its daemons do.
+            subprocess.run(["scancel", "--full", "--partition=test"], env=env, check=False)
+
+            def queue_empty() -> bool:
+                queue = subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True)
+                return queue.returncode == 0 and not queue.stdout.strip()
+
+            wait_for(queue_empty, 60, "the SLURM queue to empty")
     # Keep the daemons' logs beside the test's other files for a failure's post-mortem.
     for log in ("slurmctld.log", "slurmd.log"):
         if (root / log).exists():
@@ -124,7 +134,6 @@ def test_sbatch_runs_the_smoke_sweep_on_ray(
         **slurm,
         "ITERCONV_PYTHON": sys.executable,
         "RAY_PORT": str(free_port()),
-        "RAY_CLIENT_PORT": str(free_port()),
         "RAY_START_ARGS": f"--temp-dir={ray_temp}",
         # A private token: the job's Ray never mixes with another Ray on this machine.
         "RAY_AUTH_MODE": "token",
