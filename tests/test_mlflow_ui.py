@@ -38,7 +38,8 @@ CHROMIUM_FLAGS = (
     "--disable-sync",
     "--window-size=1400,900",
 )
-PAGE_TIMEOUT_S = 90.0  # the UI's first load on a busy 2-core machine
+PAGE_TIMEOUT_S = 90.0
+LAUNCH = [sys.executable, str(REPO / "sweeps" / "launch.py")]
 
 
 @pytest.fixture
@@ -98,8 +99,7 @@ def test_ui_opens_the_runs_with_datasets_and_charts(
 
     launched = subprocess.run(
         [
-            sys.executable,
-            str(REPO / "sweeps" / "launch.py"),
+            *LAUNCH,
             "smoke",
             *TINY,
             "--limit=2",
@@ -117,6 +117,18 @@ def test_ui_opens_the_runs_with_datasets_and_charts(
     # The link a user clicks: the one the launcher printed.
     links = re.findall(r"MLflow UI: (\S+)", launched.stdout)
     assert links and all(link.endswith(RUNS_VIEW) for link in links), launched.stdout
+    assert "progress: 2 finished, 0 running, 0 failed, 2 total" in launched.stdout
+    status = subprocess.run(
+        [*LAUNCH, "smoke", "--status", f"--storage={tmp_path / 'results'}"],
+        cwd=REPO,
+        env=system_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert status.returncode == 0, status.stderr
+    assert "progress: 2 finished, 0 running, 0 failed, 2 total;" in status.stdout
+    assert "ETA done" in status.stdout
     client = MlflowClient(smoke_server.uri)
     runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
     names = sorted(r.info.run_name for r in runs)
