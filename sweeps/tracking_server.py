@@ -18,6 +18,7 @@ from pipeline.tracking import server_problem
 
 PR_SET_PDEATHSIG = 1  # Linux prctl: signal the server if the launcher dies
 HEALTH_TIMEOUT_S = 5.0
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 class TrackingUnreachableError(ConnectionError):
@@ -113,6 +114,10 @@ def start_tracking_server(
         "--workers",
         str(workers),
     ]
+    if host not in LOOPBACK_HOSTS:
+        # MLflow 3 answers 403 to a Host header outside localhost and the private ranges:
+        # the trials of other nodes ask for this address by name.
+        command += ["--allowed-hosts", f"{host},{host}:{port},localhost:{port},127.0.0.1:{port}"]
     # The job runner (huey consumers) is for MLflow's GenAI jobs: a dozen idle processes here.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     log_path = Path(log_path)

@@ -26,6 +26,7 @@ from pipeline.tracking import (
     load_trial_model,
 )
 from pipeline.train import run_trial
+from sweeps.tracking_server import tracking_server
 
 __all__ = ["mlflow_client", "mlflow_server", "sweep_data_root"]  # fixtures used below
 
@@ -112,3 +113,13 @@ def test_a_trial_run_fills_the_ui_fields(
     result.model.eval()
     with torch.no_grad():
         torch.testing.assert_close(model(images), result.model(images))
+
+
+@pytest.mark.slow
+def test_the_launchers_server_answers_by_a_non_local_address(tmp_path: Path) -> None:
+    # 127.0.0.2 is neither localhost nor a private range to MLflow's Host check (it answers
+    # 403 without --allowed-hosts), like a cluster node's public address; it stays on loopback.
+    with tracking_server(
+        f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts", tmp_path / "log", "127.0.0.2"
+    ) as server:
+        assert ensure_experiment(MlflowClient(server.uri), "remote")
