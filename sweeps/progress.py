@@ -88,27 +88,27 @@ class ProgressLine(tune.Callback):
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """Remember when a trial started (a retry keeps its first start)."""
         self.trial_started.setdefault(trial.trial_id, time.monotonic())
-        self._print(trials)
+        self._print(trials, {trial.trial_id: RUNNING})
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """Record a finished trial's duration."""
         started = self.trial_started.get(trial.trial_id, self.started)
         self.durations[trial.trial_id] = time.monotonic() - started
-        self._print(trials, ended={trial.trial_id: FINISHED})
+        self._print(trials, {trial.trial_id: FINISHED})
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """Count a trial that failed for good."""
-        self._print(trials, ended={trial.trial_id: FAILED})
+        self._print(trials, {trial.trial_id: FAILED})
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         """Print the line when it has not been printed for a while."""
         if time.monotonic() - self.last_printed >= self.every_s:
             self._print(trials)
 
-    def progress(self, trials: list, ended: dict[str, str] | None = None) -> Progress:
-        """Return the progress of these trials (`ended`: statuses Tune sets after callbacks)."""
+    def progress(self, trials: list, changed: dict[str, str] | None = None) -> Progress:
+        """Return the progress of these trials (`changed`: statuses Tune sets after callbacks)."""
         now = time.monotonic()
-        statuses = [(ended or {}).get(t.trial_id, t.status) for t in trials]
+        statuses = [(changed or {}).get(t.trial_id, t.status) for t in trials]
         running = [
             t.trial_id for t, status in zip(trials, statuses, strict=True) if status == RUNNING
         ]
@@ -122,9 +122,9 @@ class ProgressLine(tune.Callback):
             running_s=[now - self.trial_started.get(i, now) for i in running],
         )
 
-    def _print(self, trials: list, ended: dict[str, str] | None = None) -> None:
+    def _print(self, trials: list, changed: dict[str, str] | None = None) -> None:
         self.last_printed = time.monotonic()
-        print(self.progress(trials, ended).line(), flush=True)
+        print(self.progress(trials, changed).line(), flush=True)
 
 
 def read_progress(path: str, now: float | None = None) -> tuple[Progress, float]:

@@ -170,6 +170,6 @@ def test_sbatch_runs_the_smoke_sweep_on_ray(
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 2
     assert {r.info.status for r in runs} == {"FINISHED"}
-    assert {r.data.tags["ray_node_ip"] for r in runs} == {"127.0.0.1"}
+    assert len({r.data.tags["ray_node_id"] for r in runs}) == 1  # the job's one Ray node
     # The job's end stopped its Ray: nothing of that cluster is left running.
     wait_for(lambda: not processes_mentioning(ray_temp), 60, f"the job's Ray ({ray_temp}) to stop")
