@@ -10,6 +10,8 @@ are filled in.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -93,6 +95,16 @@ def ray_processes_in(namespace: str) -> list[str]:
         if name in ("raylet", "gcs_server"):
             found.append(f"{pid} {name}")
     return found
+
+
+def forget_cluster(name: str) -> None:
+    """Remove what the cluster launcher keeps of a cluster on the local machine (in /tmp)."""
+    for state in Path("/tmp/ray").glob(f"cluster-{name}.*"):
+        state.unlink(missing_ok=True)
+    for cached in Path(tempfile.gettempdir()).glob("ray-config-*"):
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(cached.read_text())["config"]["cluster_name"] == name:
+                cached.unlink()
 
 
 def port_is_free(port: int) -> bool:
@@ -220,6 +232,7 @@ def test_ray_up_submit_down_on_a_lab_server(
         assert "sweep smoke: 2 of 2 trials finished" in submitted.stdout, explain(submitted)
     finally:
         down = ray_cli("down", "-y", str(path), timeout=300)
+        forget_cluster(config["cluster_name"])
     assert down.returncode == 0, explain(down)
     # `ray down` stopped the server's Ray: no Ray process is left in the server's namespace.
     wait_for(

@@ -8,6 +8,7 @@ The test writes a minimal slurm.conf into its temp dir (no cgroups: process trac
 from __future__ import annotations
 
 import secrets
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -124,7 +125,7 @@ def slurm(tmp_path: Path) -> Iterator[dict[str, str]]:
 
 @pytest.mark.slow
 def test_sbatch_runs_the_smoke_sweep_on_ray(
-    slurm: dict[str, str], tmp_path: Path, sweep_data_root: Path
+    slurm: dict[str, str], tmp_path: Path, sweep_data_root: Path, request: pytest.FixtureRequest
 ) -> None:
     import sys
 
@@ -140,6 +141,7 @@ def test_sbatch_runs_the_smoke_sweep_on_ray(
         "RAY_AUTH_TOKEN": secrets.token_hex(32),
     }
     log = tmp_path / "job.log"
+    request.addfinalizer(lambda: shutil.rmtree(ray_temp, ignore_errors=True))
     job = subprocess.run(
         [
             "sbatch",
