@@ -38,7 +38,7 @@ CHROMIUM_FLAGS = (
     "--disable-sync",
     "--window-size=1400,900",
 )
-PAGE_TIMEOUT_S = 90.0
+PAGE_TIMEOUT_S = 90.0  # the UI's first load on a busy 2-core machine
 LAUNCH = [sys.executable, str(REPO / "sweeps" / "launch.py")]
 
 
@@ -180,12 +180,17 @@ def test_ui_opens_the_runs_with_datasets_and_charts(
         titles = browser.find_elements(By.XPATH, "//h4[normalize-space(text())='test_error']")
         if not titles:
             return None
-        card = titles[0].find_element(By.XPATH, "./ancestor::*[.//*[name()='svg']][1]")
-        lines = card.find_elements(By.CSS_SELECTOR, "svg.main-svg path.js-line")
+        # The chart's card: the title's nearest ancestor that holds a plot (its icons are
+        # small svgs too), and in the plot the line of test_error over the epochs.
+        plot = "./ancestor::*[.//*[name()='svg'][contains(@class, 'main-svg')]][1]"
+        card = titles[0].find_element(By.XPATH, plot)
+        lines = card.find_elements(By.CSS_SELECTOR, "svg.main-svg .scatterlayer path.js-line")
         return card if lines else None
 
-    wait_for(redrawn(filter_charts), PAGE_TIMEOUT_S, "the run page's metric charts")
-    card = wait_for(redrawn(test_error_chart), PAGE_TIMEOUT_S, "the test_error chart")
-    time.sleep(1)
-    browser.save_screenshot(str(tmp_path / "run-test-error.png"))
+    try:
+        wait_for(redrawn(filter_charts), PAGE_TIMEOUT_S, "the run page's metric charts")
+        card = wait_for(redrawn(test_error_chart), PAGE_TIMEOUT_S, "the test_error chart")
+        time.sleep(1)
+    finally:
+        browser.save_screenshot(str(tmp_path / "run-test-error.png"))
     assert f"{run.info.run_name} (test_error)" in card.text
