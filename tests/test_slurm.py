@@ -7,10 +7,12 @@ The test writes a minimal slurm.conf into its temp dir (no cgroups: process trac
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -65,12 +67,10 @@ PartitionName=test Nodes={host} Default=YES MaxTime=INFINITE State=UP
 
 
 @pytest.fixture
-def slurm(tmp_path: Path) -> Iterator[dict[str, str]]:
+def slurm(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
     """Start munged, slurmctld and slurmd on this machine; yield the env of SLURM's clients."""
     require("munged", "mungekey", "slurmctld", "slurmd", "sbatch", packages="slurm-wlm, munge")
     require_root("a SLURM controller with SlurmUser=root")
-    import os
-
     # Short path: munge's socket path has a length limit.
     root = Path(tempfile.mkdtemp(prefix="slurm", dir="/tmp"))
     os.chmod(root, 0o700)
@@ -88,6 +88,15 @@ def slurm(tmp_path: Path) -> Iterator[dict[str, str]]:
             cpus=os.cpu_count(),
         )
     )
+
+    def keep_logs_and_clean() -> None:
+        # The daemons' logs go beside the test's other files, for a failure's post-mortem.
+        for log in ("slurmctld.log", "slurmd.log"):
+            if (root / log).exists():
+                (tmp_path / log).write_bytes((root / log).read_bytes())
+        shutil.rmtree(root, ignore_errors=True)
+
+    request.addfinalizer(keep_logs_and_clean)  # also when the test fails or is interrupted
     env = system_env(SLURM_CONF=str(conf))
     munged = ["munged", "--foreground", "--force", f"--key-file={key}"]
     munged += [f"--socket={root}/munge.sock", f"--pid-file={root}/munged.pid"]
@@ -116,19 +125,12 @@ def slurm(tmp_path: Path) -> Iterator[dict[str, str]]:
                 return queue.returncode == 0 and not queue.stdout.strip()
 
             wait_for(queue_empty, 60, "the SLURM queue to empty")
-    # Keep the daemons' logs beside the test's other files for a failure's post-mortem.
-    for log in ("slurmctld.log", "slurmd.log"):
-        if (root / log).exists():
-            (tmp_path / log).write_bytes((root / log).read_bytes())
-    subprocess.run(["rm", "-rf", str(root)], check=False)
 
 
 @pytest.mark.slow
 def test_sbatch_runs_the_smoke_sweep_on_ray(
     slurm: dict[str, str], tmp_path: Path, sweep_data_root: Path, request: pytest.FixtureRequest
 ) -> None:
-    import sys
-
     storage = tmp_path / "results"
     ray_temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths
     env = {
