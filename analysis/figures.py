@@ -2,7 +2,8 @@
 
 Usage: python analysis/figures.py [--results results/] [--out figures/] [--only NAME ...] [--report]
 Figures: fig1 (toy problem, trained here), fig2, fig3, fig4, s1, s2, s3, s4, s5.
---report also writes figures/summary.md (per condition mean +/- sd, beside the paper's values).
+--report also writes figures/summary.md (per condition mean +/- sd, beside the paper's values,
+and the paper's claims checked on these runs) and figures/claims.csv (docs/claims.md).
 Diverged runs count at chance error unless --exclude-diverged; --error digit draws
 Digitclutter's digit error instead of its image error (docs/method.md).
 """
@@ -21,6 +22,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+from analysis.claims import claims_markdown, claims_table, write_claims
 from analysis.conditions import ERRORS
 from analysis.paper_figures import ALL_FIGURES, draw_all
 from analysis.report import load_results, write_summary
@@ -34,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", nargs="+", metavar="NAME", choices=ALL_FIGURES, help="draw only these figures"
     )
-    parser.add_argument("--report", action="store_true", help="also write summary.md")
+    parser.add_argument(
+        "--report", action="store_true", help="also write summary.md and claims.csv"
+    )
     parser.add_argument(
         "--error",
         choices=ERRORS,
@@ -60,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         if runs is None:
             print("skipped summary.md: no runs", file=sys.stderr)
         else:
-            print(f"wrote {write_summary(runs, args.out)}")
+            claims = claims_table(runs)
+            print(f"wrote {write_summary(runs, args.out, [claims_markdown(claims)])}")
+            print(f"wrote {write_claims(claims, args.out)}")
     return 0
 
 

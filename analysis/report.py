@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -102,8 +103,8 @@ def _matching(runs: pd.DataFrame, levels: dict[str, object]) -> pd.DataFrame:
     return runs[keep]
 
 
-def summary_markdown(runs: pd.DataFrame) -> str:
-    """Return figures/summary.md: the paper's values beside ours, then every condition."""
+def summary_markdown(runs: pd.DataFrame, sections: Sequence[str] = ()) -> str:
+    """Return figures/summary.md: the paper's values beside ours, `sections`, every condition."""
     lines = [
         "# Summary of results",
         "",
@@ -121,6 +122,8 @@ def summary_markdown(runs: pd.DataFrame) -> str:
         lines.append(
             f"| {item.quantity} | {item.relation} {paper} | {ours} | {count} | {item.source} |"
         )
+    for section in sections:  # e.g. the claims table (analysis/claims.py)
+        lines += ["", section.rstrip("\n")]
     lines += [
         "",
         "## Per condition",
@@ -162,9 +165,9 @@ def summary_markdown(runs: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_summary(runs: pd.DataFrame, out: str | os.PathLike) -> Path:
-    """Write summary.md into `out`; return its path."""
+def write_summary(runs: pd.DataFrame, out: str | os.PathLike, sections: Sequence[str] = ()) -> Path:
+    """Write summary.md (with `sections` after the paper's values) into `out`; return its path."""
     path = Path(out) / "summary.md"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(summary_markdown(runs))
+    path.write_text(summary_markdown(runs, sections))
     return path
