@@ -566,9 +566,15 @@ def claims_markdown(table: pd.DataFrame, claims: Sequence[Claim] = CLAIMS) -> st
     for claim in claims:
         lines.append(f"- **{claim.key}** ({claim.source}): {claim.quote}")
     counts = table["verdict"].value_counts()
+    unchecked = [claim.key for claim in claims if claim.key not in set(table["claim"])]
     lines += [
         "",
         "Verdicts: " + ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS) + ".",
+        *(
+            [f"Not checked (no runs of their conditions): {', '.join(unchecked)}."]
+            if unchecked
+            else []
+        ),
         "",
         "| claim | dataset | train size | variation | width | statistic | estimate [95% interval] "
         "| reproduced if | n | undefined (diverged) | verdict |",

@@ -93,27 +93,30 @@ def test_every_grid_is_documented_and_valid(name: str) -> None:
     assert all(c.data.root == "/data" for c in configs)
 
 
-def test_smoke_gives_every_figure_something_to_draw() -> None:
+def test_smoke_gives_every_figure_and_claim_something_to_judge() -> None:
     configs = trial_configs("smoke")
-    assert 8 <= len(configs) <= 12
+    assert len(configs) == 19
     assert {c.data.dataset for c in configs} == {"digitclutter-3"}
     assert {c.model.width for c in configs} == {8}
     assert all(2 <= c.model.blocks_per_stage <= 4 for c in configs)
-    assert all(c.optim.epochs <= 4 and c.data.clutter_train_images <= 5000 for c in configs)
-    assert {c.model.block for c in configs} == {"ordinary", "icr", "pcr"}
-    assert {c.model.recurrent_init for c in configs} == {False, True}
-    assert {0.0, 1.0} <= {c.coupling.lam for c in configs}
-    assert len({c.data.train_size for c in configs}) == 2
-    assert any(c.model.bn_gamma_init != 1.0 for c in configs)
-    baseline = [
-        c
-        for c in configs
-        if c.model.block == "ordinary"
-        and not c.model.recurrent_init
-        and c.data.train_size is None
-        and c.model.bn_gamma_init == 1.0
+    assert all(c.optim.epochs <= 6 and c.data.clutter_train_images <= 5000 for c in configs)
+    standard = [c for c in configs if c.model.bn_gamma_init == 1.0]
+    cells: dict[tuple, set[int]] = {}
+    for c in standard:
+        cells.setdefault((c.model.block, c.model.recurrent_init, c.coupling.lam), set()).add(
+            c.run.seed
+        )
+    variants = {(False, 0.0), (True, 0.0), (True, 0.5), (True, 0.9), (True, 1.0)}
+    # every variant of the ordinary ResNet, ICR and PCR non-rec. and rec. 1: two seeds each
+    assert set(cells) == {("ordinary", *v) for v in variants} | {
+        (block, *v) for block in ("icr", "pcr") for v in ((False, 0.0), (True, 1.0))
+    }
+    assert all(seeds == {0, 1} for seeds in cells.values())
+    varied = [c for c in configs if c.model.bn_gamma_init != 1.0]
+    assert [(c.model.block, c.model.recurrent_init, c.run.seed) for c in varied] == [
+        ("ordinary", False, 0)
     ]
-    assert {c.run.seed for c in baseline} == {0, 1}
+    assert len(trial_configs("smoke", seeds=3)) == 28
 
 
 def test_overrides_apply_to_every_trial_and_are_checked() -> None:
@@ -159,7 +162,7 @@ def test_cost_grows_with_width_and_epochs() -> None:
     longer = small.with_updates({"optim.epochs": 200})
     assert gpu_hours(longer, resources) == pytest.approx(2 * gpu_hours(small, resources))
     report = format_dry_run("smoke", trial_configs("smoke"), resources)
-    assert "grid smoke: 10 trials" in report and "GPU-hours" in report
+    assert "grid smoke: 19 trials" in report and "GPU-hours" in report
 
 
 def test_help_documents_every_option() -> None:

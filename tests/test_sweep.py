@@ -46,6 +46,8 @@ __all__ = ["mlflow_server", "sweep_data_root"]  # fixtures used below
 REPO = Path(__file__).resolve().parent.parent
 LAUNCH = [sys.executable, str(REPO / "sweeps" / "launch.py")]
 INDEX_KEYS = {"ci", "ri", "di", "ci_stage1", "ri_stage2", "di_stage3"}
+SMOKE_SLICE = 4  # trials of the smoke grid the slow test runs: CI time
+SMOKE_MAX_ERROR = 0.9  # test error every smoke trial ends below (chance: 0.992)
 # A smaller smoke trial for the tests that are about the plumbing, not the figures.
 TINY = [
     "optim.epochs=2",
@@ -190,12 +192,12 @@ def test_dockerfile_installs_the_project_on_cuda() -> None:
 
 @pytest.mark.slow
 def test_smoke_grid_on_local_ray(tmp_path: Path, sweep_data_root: Path) -> None:
+    # The grid's first SMOKE_SLICE trials as they are (the whole grid is `make demo`'s).
     storage = tmp_path / "results"
-    result = launch(
-        "smoke", "--storage", str(storage), "--data-root", str(sweep_data_root), timeout=600
-    )
+    data = ["--data-root", str(sweep_data_root), f"--limit={SMOKE_SLICE}"]
+    result = launch("smoke", "--storage", str(storage), *data, timeout=600)
     assert result.returncode == 0, explain(result)
-    assert "sweep smoke: 10 of 10 trials finished" in result.stdout
+    assert f"sweep smoke: {SMOKE_SLICE} of {SMOKE_SLICE} trials finished" in result.stdout
     assert f"mlflow ui --backend-store-uri sqlite:///{storage}/mlflow.db" in result.stdout
     served = re.search(r"MLflow: (http://127\.0\.0\.1:\d+)", result.stdout)
     with pytest.raises(TrackingUnreachableError):  # the launcher stopped its server
@@ -207,10 +209,10 @@ def test_smoke_grid_on_local_ray(tmp_path: Path, sweep_data_root: Path) -> None:
     ) as server:
         client = MlflowClient(server.uri)
         runs = runs_of(client, "smoke")
-        assert len(runs) == 10
+        assert len(runs) == SMOKE_SLICE
         assert {r.info.status for r in runs} == {"FINISHED"}
-        assert len({r.data.tags["ray_trial_id"] for r in runs}) == 10
-        assert len({r.info.run_name for r in runs}) == 10
+        assert len({r.data.tags["ray_trial_id"] for r in runs}) == SMOKE_SLICE
+        assert len({r.info.run_name for r in runs}) == SMOKE_SLICE
         for run in runs:
             assert set(run.data.metrics) >= INDEX_KEYS, run.info.run_name
             artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -218,8 +220,8 @@ def test_smoke_grid_on_local_ray(tmp_path: Path, sweep_data_root: Path) -> None:
             steps = client.get_metric_history(run.info.run_id, "test_error")
             epochs = SMOKE_BASE["optim.epochs"]
             assert sorted(m.step for m in steps) == list(range(1, epochs + 1))
-            # The smoke nets must leave chance, or their indices would say nothing.
-            assert run.data.metrics["final_test_error"] < 0.985, run.info.run_name
+            # The smoke nets must end clearly below chance (0.992), or the figures say nothing.
+            assert run.data.metrics["final_test_error"] < SMOKE_MAX_ERROR, run.info.run_name
 
 
 @contextlib.contextmanager
