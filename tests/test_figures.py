@@ -321,7 +321,8 @@ def test_script_draws_from_the_repo_root(results: Path, tmp_path: Path) -> None:
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["fig3.pdf", "fig3.png", "summary.md"]
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["claims.csv", "fig3.pdf", "fig3.png", "summary.md"]
     assert "skipped s2: no PCR runs" in done.stdout
     bad = subprocess.run(
         [*command, "--only", "fig9"], cwd=REPO, capture_output=True, text=True, timeout=300
