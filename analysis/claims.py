@@ -395,12 +395,12 @@ def _trend(claim: Claim, runs: pd.DataFrame) -> Outcome:
         return _inconclusive(
             f"too few variants: {', '.join(k[0] for k in map(_tuple, keys)) or 'none'}"
         )
-    if reason := _too_few(keys, cells, "variant"):
-        return _inconclusive(reason)
     rank = {k[0]: i for i, k in enumerate(keys)}
     x = np.array([rank[v] for v in runs["variant"]], dtype=float)
     y = runs[claim.column].to_numpy(dtype=float)
     estimate = float(_spearman_rows(x[None], y[None])[0])
+    if reason := _too_few(keys, cells, "variant"):
+        return _inconclusive(reason, estimate)
     rng = np.random.default_rng(BOOTSTRAP_SEED)
     picks = _resample_indices(cells, rng)
     draws = _spearman_rows(x[picks], _spread(y, cells)[picks])
@@ -411,9 +411,9 @@ def _level(claim: Claim, runs: pd.DataFrame) -> Outcome:
     keys, cells = _cells(runs, ["variant"])
     if not cells:
         return _inconclusive("no runs")
-    if reason := _too_few(keys, cells, "variant"):
-        return _inconclusive(reason)
     y = runs[claim.column].to_numpy(dtype=float)
+    if reason := _too_few(keys, cells, "variant"):
+        return _inconclusive(reason, float(y.mean()))
     rng = np.random.default_rng(BOOTSTRAP_SEED)
     draws = _spread(y, cells)[_resample_indices(cells, rng)].mean(axis=1)
     return _verdict_in_band(float(y.mean()), draws, claim.target, INDEX_TOLERANCE)
@@ -427,8 +427,6 @@ def _difference(claim: Claim, runs: pd.DataFrame) -> Outcome:
         return _inconclusive(f"no variant has both ordinary and {claim.versus} runs")
     runs = runs[runs["variant"].isin(both)].reset_index(drop=True)
     keys, cells = _cells(runs, ["block", "variant"])
-    if reason := _too_few(keys, cells, "block and variant"):
-        return _inconclusive(reason)
     y = runs[claim.column].to_numpy(dtype=float)
     # The mean over variants of (convergent - ordinary) cell means: each resample alike.
     sign = np.array([1.0 if k[0] == claim.versus else -1.0 for k in keys])
@@ -438,6 +436,8 @@ def _difference(claim: Claim, runs: pd.DataFrame) -> Outcome:
     )
     order = np.concatenate(cells)
     estimate = float((y[order] * weights).sum())
+    if reason := _too_few(keys, cells, "block and variant"):
+        return _inconclusive(reason, estimate)
     rng = np.random.default_rng(BOOTSTRAP_SEED)
     draws = (_spread(y, cells)[_resample_indices(cells, rng)] * weights).sum(axis=1)
     return _verdict_by_sign(estimate, draws, claim.direction)
@@ -452,11 +452,11 @@ def _correlation(claim: Claim, runs: pd.DataFrame, across: str) -> Outcome:
         )
     if len(cells) < MIN_CELLS:
         return _inconclusive("too few variants")
-    if reason := _too_few(keys, cells, f"{across} and variant"):
-        return _inconclusive(reason)
     x = runs[claim.column].to_numpy(dtype=float)
     y = runs[claim.other].to_numpy(dtype=float)
     estimate = float(_spearman_rows(x[None], y[None])[0])
+    if reason := _too_few(keys, cells, f"{across} and variant"):
+        return _inconclusive(reason, estimate)
     rng = np.random.default_rng(BOOTSTRAP_SEED)
     picks = _resample_indices(cells, rng)
     draws = _spearman_rows(_spread(x, cells)[picks], _spread(y, cells)[picks])
