@@ -28,16 +28,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 
-from analysis.conditions import (
+from analysis.conditions import ordered_datasets, ordered_train_sizes, with_conditions
+from vocabulary import (
+    BLOCK_LABELS,
     FULL,
     PAPER_VARIANTS,
     STANDARD,
     dataset_label,
-    ordered_datasets,
-    ordered_train_sizes,
-    variant_key,
+    variant_order,
 )
 
 CLAIMS_FILE = "claims.csv"
@@ -60,7 +59,8 @@ TREND, LEVEL, DIFFERENCE, RELATION, NO_RELATION = (
     "relation",
     "no relation",
 )
-ORDINARY_MAIN = {"block": "ordinary", "variation": STANDARD, "train_size": FULL}
+ORDINARY, ICR, PCR = (BLOCK_LABELS[b] for b in ("ordinary", "icr", "pcr"))
+ORDINARY_MAIN = {"block": ORDINARY, "variation": STANDARD, "train_size": FULL}
 TABLE_COLUMNS = (
     "claim",
     "source",
@@ -149,7 +149,7 @@ FIG4A = (
     'Results: "Both the properly and improperly convergent ResNets have a high Convergence '
     'Index as well as a Divergence Index at almost zero"'
 )
-TRAINING_VARIED = {"block": "ordinary", "train_size": FULL}
+TRAINING_VARIED = {"block": ORDINARY, "train_size": FULL}
 ACROSS_WIDTHS = ("dataset", "train_size", "variation")
 
 CLAIMS: tuple[Claim, ...] = (
@@ -181,7 +181,7 @@ CLAIMS: tuple[Claim, ...] = (
         'Results: "The Recurrence Index is again centered around one (see S1 Fig)." (ICRs)',
         LEVEL,
         "ri",
-        {**ORDINARY_MAIN, "block": "ICR"},
+        {**ORDINARY_MAIN, "block": ICR},
         target=1.0,
     ),
     Claim(
@@ -190,10 +190,10 @@ CLAIMS: tuple[Claim, ...] = (
         FIG4A,
         LEVEL,
         "di",
-        {**ORDINARY_MAIN, "block": "ICR"},
+        {**ORDINARY_MAIN, "block": ICR},
         target=0.0,
     ),
-    Claim("s2-di-pcr", "S2 Fig", FIG4A, LEVEL, "di", {**ORDINARY_MAIN, "block": "PCR"}),
+    Claim("s2-di-pcr", "S2 Fig", FIG4A, LEVEL, "di", {**ORDINARY_MAIN, "block": PCR}),
     Claim(
         "fig4b-error-icr",
         "Fig 4b",
@@ -202,7 +202,7 @@ CLAIMS: tuple[Claim, ...] = (
         "error",
         {"variation": STANDARD, "train_size": FULL},
         +1,
-        versus="ICR",
+        versus=ICR,
     ),
     Claim(
         "s2-error-pcr",
@@ -212,7 +212,7 @@ CLAIMS: tuple[Claim, ...] = (
         "error",
         {"variation": STANDARD, "train_size": FULL},
         +1,
-        versus="PCR",
+        versus=PCR,
     ),
     Claim(
         "fig3c-ci-error",
@@ -290,8 +290,8 @@ def _inconclusive(reason: str, estimate: float = np.nan) -> Outcome:
 
 def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Return Spearman's rho of each row pair of x and y (B x n); NaN where a row is constant."""
-    rx = rankdata(x, axis=1)
-    ry = rankdata(y, axis=1)
+    rx = pd.DataFrame(x).rank(axis=1).to_numpy()  # average ranks for ties
+    ry = pd.DataFrame(y).rank(axis=1).to_numpy()
     rx = rx - rx.mean(axis=1, keepdims=True)
     ry = ry - ry.mean(axis=1, keepdims=True)
     norm = np.sqrt((rx**2).sum(axis=1) * (ry**2).sum(axis=1))
@@ -374,7 +374,7 @@ def _tuple(key: object) -> tuple:
 
 
 def _sort_key(column: str, value: object) -> tuple:
-    return variant_key(str(value)) if column == "variant" else (value,)
+    return variant_order(str(value)) if column == "variant" else (value,)
 
 
 def _too_few(keys: list[tuple], cells: list[np.ndarray], what: str) -> str:
@@ -420,7 +420,7 @@ def _level(claim: Claim, runs: pd.DataFrame) -> Outcome:
 
 
 def _difference(claim: Claim, runs: pd.DataFrame) -> Outcome:
-    both = set(runs.loc[runs["block"] == "ordinary", "variant"]) & set(
+    both = set(runs.loc[runs["block"] == ORDINARY, "variant"]) & set(
         runs.loc[runs["block"] == claim.versus, "variant"]
     )
     if not both:
@@ -484,7 +484,7 @@ def _selected(claim: Claim, runs: pd.DataFrame) -> pd.DataFrame:
     for column, level in claim.not_levels.items():
         keep &= runs[column] != level
     if claim.kind == DIFFERENCE:
-        keep &= runs["block"].isin(["ordinary", claim.versus])
+        keep &= runs["block"].isin([ORDINARY, claim.versus])
     return runs[keep]
 
 
@@ -616,8 +616,6 @@ def null_verdict_rates(seeds: int, repeats: int = 200) -> dict[str, float]:
     Each repeat draws `seeds` runs of each of the five variants, errors from one normal
     distribution (repeat r from generator seed r): a calibration of the verdicts, not a result.
     """
-    from analysis.conditions import with_conditions  # here: only this check needs it
-
     claim = next(c for c in CLAIMS if c.key == "fig3b-error")
     counts = dict.fromkeys(VERDICTS, 0)
     for repeat in range(repeats):
