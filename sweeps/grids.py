@@ -220,8 +220,9 @@ def smoke(seeds: int = 2) -> list[Trial]:
 
     The ordinary ResNet in all five variants (non-rec.; rec. 0, 0.5, 0.9, 1), ICR and PCR
     non-rec. and rec. 1, each `seeds` times; one training variation (BN gamma 0.1, non-rec.,
-    seed 0). 4,000 images, N = 3, width 8, 6 epochs: `python sweeps/launch.py smoke` takes
-    about 5 minutes on 2 idle CPU cores (about 35 s of one core a trial), offline.
+    seed 0). 4,000 images, N = 3, width 8, 6 epochs: `python sweeps/launch.py smoke` runs 19
+    trials of 24,000 training images each, offline, one per CPU core; about 6 minutes on 2
+    idle cores, estimated (timings in docs/benchmarks.md).
     """
     ordinary = {**SMOKE_BASE, "model.block": "ordinary"}
     icr = {**SMOKE_BASE, "model.block": "icr", "model.mu": CONVERGENT_MU}
