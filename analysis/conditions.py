@@ -10,17 +10,10 @@ from vocabulary import (
     BLOCK_LABELS,
     DATASET_ORDER,
     FULL,
-    INDEX_LABELS,
-    INDEX_NAMES,
-    PAPER_VARIANTS,
-    STANDARD,
-    dataset_label,
     variant_label,
     variant_order,
     variation_label,
 )
-from vocabulary import COUPLINGS as PAPER_COUPLINGS
-from vocabulary import WIDTHS as PAPER_WIDTHS
 
 REQUIRED = (
     "run_id",
@@ -120,23 +113,11 @@ def missing_note(expected: dict[str, Sequence[object]], present: dict[str, Itera
 
 
 __all__ = [
-    "BLOCK_LABELS",
     "ERRORS",
-    "FULL",
-    "INDEX_LABELS",
-    "INDEX_NAMES",
-    "PAPER_COUPLINGS",
-    "PAPER_VARIANTS",
-    "PAPER_WIDTHS",
-    "STANDARD",
-    "dataset_label",
     "missing_note",
     "ordered_datasets",
     "ordered_train_sizes",
     "ordered_variants",
     "train_size_label",
-    "variant_label",
-    "variant_order",
-    "variation_label",
     "with_conditions",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from analysis.conditions import FULL, STANDARD
+from vocabulary import FULL, STANDARD
 
 
 @dataclass(frozen=True)

@@ -9,15 +9,9 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.collect import CURVE_COLUMNS, CURVES_FILE, RUNS_FILE
-from analysis.conditions import (
-    DATASET_ORDER,
-    INDEX_NAMES,
-    dataset_label,
-    ordered_train_sizes,
-    variant_order,
-    with_conditions,
-)
+from analysis.conditions import ordered_train_sizes, with_conditions
 from analysis.paper_values import PAPER_VALUES, PaperValue
+from vocabulary import DATASET_ORDER, INDEX_NAMES, dataset_label, variant_order
 
 CONDITION_COLUMNS = ("dataset", "block", "variation", "train_size", "width", "variant")
 SUMMARY_METRICS = (("error", "error"), ("ci", "CI"), ("ri", "RI"), ("di", "DI"))
