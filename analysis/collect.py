@@ -45,6 +45,7 @@ from mlflow.tracking import MlflowClient
 from tqdm import tqdm
 
 import vocabulary
+from analysis.pair import recover, write_tables_together
 from pipeline.config import RUN_LOCAL_KEYS, TrialConfig, flat_keys, parse_value
 
 RUNS_FILE = "runs.parquet"
@@ -182,7 +183,7 @@ class ArtifactReader:
                 return {n: folder / n for n in ARTIFACTS if (folder / n).exists()}
             present = {f.path for f in self.client.list_artifacts(run_id)} & set(ARTIFACTS)
             return {n: Path(self.client.download_artifacts(run_id, n, tmp)) for n in present}
-        except (MlflowException, OSError) as error:
+        except (MlflowException, OSError, RuntimeError) as error:  # RuntimeError: symlink loop
             hint = ""
             if uri.startswith("mlflow-artifacts:"):
                 hint = "; pass the server's folder as --artifacts-destination, or its http:// URI"
@@ -349,6 +350,9 @@ def _fetch_all(
             return fetch_run(reader, by_id[run_id])
         except CorruptRunError as error:
             return error
+        except Exception as error:  # one bad run never ends the aggregation of the others
+            first_line = (str(error).splitlines() or [""])[0]
+            return CorruptRunError(f"unreadable ({type(error).__name__}: {first_line})")
 
     if todo.empty:
         return []
@@ -393,6 +397,8 @@ def curves_frame(frame: pd.DataFrame | None) -> pd.DataFrame:
 def read_tables(directory: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """Return (runs, curves) read from a results directory, or None if absent."""
     directory = Path(directory)
+    if directory.is_dir():
+        recover(directory)  # an aggregation interrupted after its commit point
     runs, curves = directory / RUNS_FILE, directory / CURVES_FILE
     if not runs.exists() or not curves.exists():
         return None
@@ -400,15 +406,10 @@ def read_tables(directory: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFram
 
 
 def write_tables(result: Aggregation, directory: str | os.PathLike) -> tuple[Path, Path]:
-    """Write runs.parquet and curves.parquet atomically; return their paths."""
+    """Write runs.parquet and curves.parquet, replaced together; return their paths."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = directory / RUNS_FILE, directory / CURVES_FILE
-    for frame, path in zip((result.runs, result.curves), paths, strict=True):
-        tmp = path.with_suffix(".parquet.tmp")
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    return paths
+    write_tables_together({RUNS_FILE: result.runs, CURVES_FILE: result.curves}, directory)
+    return directory / RUNS_FILE, directory / CURVES_FILE
 
 
 def aggregate_to(

@@ -10,6 +10,7 @@ import pandas as pd
 
 from analysis.collect import CURVE_COLUMNS, CURVES_FILE, RUNS_FILE
 from analysis.conditions import ordered_train_sizes, with_conditions
+from analysis.pair import recover
 from analysis.paper_values import PAPER_VALUES, PaperValue
 from vocabulary import DATASET_ORDER, INDEX_NAMES, dataset_label, variant_order
 
@@ -22,6 +23,8 @@ def load_results(
 ) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
     """Return (runs with condition columns, curves) from a results directory, or (None, None)."""
     directory = Path(directory)
+    if directory.is_dir():
+        recover(directory)  # finish an aggregation interrupted after its commit point
     runs_path, curves_path = directory / RUNS_FILE, directory / CURVES_FILE
     if not runs_path.exists():
         return None, None

@@ -14,6 +14,8 @@ from models.checked import Checked, allowed_types, coerce, type_names
 from pipeline.tasks import Task, task_for
 from vocabulary import DATASETS, DEVICES, INPUT_CHANNELS, KERNELS
 
+MAX_SEED = 2**32 - 1  # NumPy's np.random.seed accepts 0..2**32 - 1
+
 
 @dataclass(frozen=True)
 class CouplingSection(Checked):
@@ -106,7 +108,8 @@ class RunSection(Checked):
 
     def check(self) -> None:
         """Raise ValueError naming the first field whose value is not allowed."""
-        self.require("seed", self.seed >= 0, "must be an integer >= 0")
+        # NumPy's seed is 32-bit: a larger one would fail in every trial.
+        self.require("seed", 0 <= self.seed <= MAX_SEED, f"allowed are 0..{MAX_SEED}")
         self.require("device", self.device in DEVICES, f"allowed are {DEVICES}")
         self.require_positive("extra_evaluations", "threads")
 

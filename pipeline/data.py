@@ -21,6 +21,7 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -49,6 +50,17 @@ CIFAR_FILES = {
     "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"]),
     "cifar100": ("cifar-100-python", ["train"], ["test"]),
 }
+# The only globals a CIFAR batch pickle refers to: NumPy's array reconstruction (module name of
+# NumPy 1 and 2) and the codec Python 3 pickles of bytes use. Anything else is refused unrun.
+CIFAR_PICKLE_GLOBALS = frozenset(
+    {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+)
 MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -61,6 +73,30 @@ class DatasetNotFoundError(FileNotFoundError, ValueError):
 
 class CorruptDatasetError(ValueError):
     """A dataset file exists but cannot be read as its format says."""
+
+
+class UnsafeDatasetError(CorruptDatasetError):
+    """A dataset pickle asks to run code (a global outside the CIFAR arrays' own)."""
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """An unpickler that builds only dicts, lists, bytes, numbers and NumPy arrays."""
+
+    def find_class(self, module: str, name: str) -> type:
+        """Return an allowed global; refuse every other (it could run code on load)."""
+        if (module, name) not in CIFAR_PICKLE_GLOBALS:
+            raise UnsafeDatasetError(
+                f"refers to {module}.{name}, which a CIFAR batch never does; refused "
+                "without running it (only NumPy arrays, dicts, lists, bytes and numbers are "
+                "read)"
+            )
+        return super().find_class(module, name)
+
+
+def load_array_pickle(file: BinaryIO) -> Any:
+    """Unpickle a CIFAR batch without running code: only array types are built."""
+    # Python 2 pickles (the real files) hold byte strings: keep them bytes.
+    return _ArrayUnpickler(file, encoding="bytes").load()
 
 
 @dataclass(frozen=True, eq=False)
@@ -273,7 +309,7 @@ def _read_cifar(name: str, files: list[Path]) -> tuple[torch.Tensor, torch.Tenso
     for path in files:
         try:
             with open(path, "rb") as f:
-                batch = pickle.load(f, encoding="bytes")
+                batch = load_array_pickle(f)
             # Python 2 pickles (the real files) load with bytes keys.
             batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
             data = np.asarray(batch["data"], dtype=np.uint8)
@@ -284,6 +320,8 @@ def _read_cifar(name: str, files: list[Path]) -> tuple[torch.Tensor, torch.Tenso
                 raise ValueError(f"{batch_labels.shape} labels for {len(data)} images")
             if len(batch_labels) and not 0 <= batch_labels.min() <= batch_labels.max() < classes:
                 raise ValueError(f"labels outside 0..{classes - 1}")
+        except UnsafeDatasetError as error:
+            raise UnsafeDatasetError(f"unsafe {name} file {path}: {error}") from None
         except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise CorruptDatasetError(f"damaged {name} file {path}: {error}") from error
         except pickle.UnpicklingError as error:

@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from pipeline.train import TrialResult
 
 TRIAL_ID_TAG = "ray_trial_id"
+CONFIG_ARTIFACT = "config.json"
+CURVES_ARTIFACT = "curves.parquet"
 ERROR_TAG = "error"
 DIVERGED_TAG = "diverged"  # "true" when the training loss became non-finite
 DIVERGED_EPOCH_TAG = "diverged_epoch"
@@ -303,11 +305,20 @@ def close_unfinished_runs(
 class TrialRun:
     """The MLflow run of one trial: reopened on retry, epochs logged once, ended FINISHED/FAILED."""
 
-    def __init__(self, client: MlflowClient, run_id: str, logged_epochs: set[int]) -> None:
+    def __init__(
+        self,
+        client: MlflowClient,
+        run_id: str,
+        logged_epochs: set[int],
+        finished_metrics: dict[str, float] | None = None,
+    ) -> None:
         self.client = client
         self.run_id = run_id
         self.logged_epochs = logged_epochs  # epochs already in the run's history
         self.monitor: Any | None = None  # MLflow's system metrics thread, while the trial runs
+        # Set when the run had already ended FINISHED (a trial rerun after the launcher died
+        # before Tune recorded its end): its final metrics, and nothing is to be logged again.
+        self.finished_metrics = finished_metrics
 
     @classmethod
     def open(
@@ -330,12 +341,14 @@ class TrialRun:
             run = client.create_run(experiment_id, tags=run_tags, run_name=run_name(config))
             run_id = run.info.run_id
             _log_params(client, run_id, config.to_flat_dict())
-            _log_json_artifact(client, run_id, "config.json", config.to_dict())
+            _log_json_artifact(client, run_id, CONFIG_ARTIFACT, config.to_dict())
             trial_run = cls(client, run_id, set())
             if system_metrics:
                 trial_run.start_system_metrics(tracking_uri, resumed=False)
             return trial_run
         run_id = existing.info.run_id
+        if existing.info.status == "FINISHED":
+            return cls(client, run_id, set(), dict(existing.data.metrics))
         previous_error = existing.data.tags.get(ERROR_TAG)
         if previous_error is not None:
             client.delete_tag(run_id, ERROR_TAG)
@@ -344,6 +357,8 @@ class TrialRun:
         run_tags["attempts"] = str(attempts)
         client.update_run(run_id, status="RUNNING")
         client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in run_tags.items()])
+        # A first attempt may have died between creating the run and logging its config.
+        _complete_config(client, existing, config)
         history = client.get_metric_history(run_id, EPOCH_HISTORY_METRIC)
         trial_run = cls(client, run_id, {int(metric.step) for metric in history})
         if system_metrics:
@@ -401,11 +416,13 @@ class TrialRun:
         finals = {**result.metrics, **result.indices}
         batch = [Metric(k, float(v), now, step) for k, v in finals.items() if _is_number(v)]
         batch += curve_metrics(result.curves, now)
-        _log_metrics(self.client, self.run_id, batch)
-        with tempfile.TemporaryDirectory(prefix="iterconv-artifacts-") as directory:
-            path = os.path.join(directory, "curves.parquet")
-            result.curves.to_parquet(path, index=False)
-            self.client.log_artifact(self.run_id, path)
+        # A retry after a finish() that died partway logs only what is not there yet.
+        _log_metrics(self.client, self.run_id, self._not_yet_logged(batch))
+        if CURVES_ARTIFACT not in _artifact_names(self.client, self.run_id):
+            with tempfile.TemporaryDirectory(prefix="iterconv-artifacts-") as directory:
+                path = os.path.join(directory, CURVES_ARTIFACT)
+                result.curves.to_parquet(path, index=False)
+                self.client.log_artifact(self.run_id, path)
         # A diverged trial is a result (error at chance, NaN indices), so its run FINISHES.
         tags = {DIVERGED_TAG: str(result.diverged).lower()}
         if result.diverged_epoch is not None:
@@ -416,12 +433,38 @@ class TrialRun:
         self.stop_system_metrics()
         self.client.set_terminated(self.run_id, status="FINISHED")
 
+    def _not_yet_logged(self, batch: list[Metric]) -> list[Metric]:
+        """Return the metrics of `batch` whose (key, step) the run does not hold yet."""
+        present = self.client.get_run(self.run_id).data.metrics
+        keys = {m.key for m in batch} & present.keys()
+        if not keys:
+            return batch  # the usual case: one request to ask
+        logged = {
+            (key, m.step) for key in keys for m in self.client.get_metric_history(self.run_id, key)
+        }
+        return [m for m in batch if (m.key, m.step) not in logged]
+
     def fail(self, error: BaseException) -> None:
         """Record the error as a tag and end the run FAILED (a retry reopens it)."""
         message = f"{type(error).__name__}: {error}"[:MAX_TAG_CHARS]
         self.stop_system_metrics()
         self.client.set_tag(self.run_id, ERROR_TAG, message)
         self.client.set_terminated(self.run_id, status=RunStatus.to_string(RunStatus.FAILED))
+
+
+def _artifact_names(client: MlflowClient, run_id: str) -> set[str]:
+    """Return the names of a run's top-level artifacts."""
+    return {artifact.path for artifact in client.list_artifacts(run_id)}
+
+
+def _complete_config(client: MlflowClient, run: Any, config: TrialConfig) -> None:
+    """Log the params and config.json that a half-made run lacks (a retry of its creation)."""
+    flat = config.to_flat_dict()
+    missing = {key: value for key, value in flat.items() if key not in run.data.params}
+    if missing:
+        _log_params(client, run.info.run_id, missing)
+    if CONFIG_ARTIFACT not in _artifact_names(client, run.info.run_id):
+        _log_json_artifact(client, run.info.run_id, CONFIG_ARTIFACT, config.to_dict())
 
 
 def curve_metrics(curves: pd.DataFrame, timestamp: int) -> list[Metric]:

@@ -34,6 +34,7 @@ from vocabulary import CURVE_COLUMNS
 logger = logging.getLogger("iterconv.train")
 
 CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_KEYS = frozenset({"config", "epoch", "history", "model", "optimizer", "rng"})
 REFERENCE_BATCH = 128  # optim.lr is the peak learning rate per this many examples
 INDEX_SUBSET_SEED = 0  # every trial measures its indices on the same test images
 
@@ -46,6 +47,10 @@ class DivergenceError(RuntimeError):
     def __init__(self, message: str, epoch: int) -> None:
         super().__init__(message)
         self.epoch = epoch  # 1-based epoch in which the loss stopped being finite
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint file exists but cannot be read (its path is in the message)."""
 
 
 @dataclass
@@ -282,10 +287,18 @@ def run_epoch(trial: Trial, epoch: int) -> dict[str, float]:
 
 
 def _rng_state() -> dict[str, Any]:
+    """Return every RNG state as tensors and numbers: what torch.load(weights_only) accepts."""
+    _, keys, position, has_gauss, gauss = np.random.get_state()
+    version, python_state, python_gauss = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
+        "numpy_keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+        "numpy_pos": int(position),
+        "numpy_has_gauss": int(has_gauss),
+        "numpy_gauss": float(gauss),
+        "python_version": int(version),
+        "python_state": torch.tensor(python_state, dtype=torch.int64),
+        "python_gauss": python_gauss,  # None or a float
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -293,15 +306,25 @@ def _rng_state() -> dict[str, Any]:
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the RNG states saved by _rng_state."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    keys = state["numpy_keys"].numpy().astype(np.uint32)
+    np.random.set_state(
+        ("MT19937", keys, state["numpy_pos"], state["numpy_has_gauss"], state["numpy_gauss"])
+    )
+    python_state = tuple(int(v) for v in state["python_state"].tolist())
+    random.setstate((state["python_version"], python_state, state["python_gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def previous_checkpoint(path: Path) -> Path:
+    """Return where the checkpoint before `path` is kept (checkpoint.previous.pt)."""
+    return path.with_name(path.stem + ".previous" + path.suffix)
+
+
 def save_checkpoint(path: Path, trial: Trial, history: list[dict[str, float]]) -> None:
-    """Write everything needed to resume bit-for-bit, atomically (tmp file, then rename)."""
+    """Write everything needed to resume bit-for-bit, atomically; keep the one before it."""
     state = {
         "config": trial.config.to_dict(),
         "epoch": len(history),
@@ -318,13 +341,44 @@ def save_checkpoint(path: Path, trial: Trial, history: list[dict[str, float]]) -
         torch.save(state, f)
         f.flush()
         os.fsync(f.fileno())
+    # Two checkpoints: one damaged file still leaves a good one to resume from.
+    if path.exists():
+        os.replace(path, previous_checkpoint(path))
     os.replace(tmp, path)
 
 
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """Return a checkpoint's contents; raise CorruptCheckpointError naming a damaged file."""
+    try:
+        # weights_only: tensors, numbers, strings and containers; a file cannot run code.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or not state.keys() >= CHECKPOINT_KEYS:
+            raise ValueError("not a trial checkpoint (its keys are missing)")
+    except Exception as error:  # torch raises many types for damaged zip or pickle data
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise CorruptCheckpointError(f"damaged checkpoint {path}: {first_line}") from error
+    return state
+
+
 def load_checkpoint(path: Path, trial: Trial) -> list[dict[str, float]]:
-    """Restore a trial from its checkpoint; return the history of the finished epochs."""
-    # Our own file: it holds NumPy and Python RNG states, which weights_only refuses.
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    """Restore a trial from its checkpoint, else from the one before; return epochs' history."""
+    problems = []
+    for candidate in (path, previous_checkpoint(path)):
+        if not candidate.exists():
+            continue
+        try:
+            state = _read_checkpoint(candidate)
+        except CorruptCheckpointError as error:
+            logger.warning("%s; trying the previous checkpoint", error)
+            problems.append(str(error))
+            continue
+        _restore(candidate, state, trial)
+        return list(state["history"])
+    raise CorruptCheckpointError("; ".join(problems) or f"no checkpoint at {path}")
+
+
+def _restore(path: Path, state: dict[str, Any], trial: Trial) -> None:
+    """Load a checkpoint's state into the trial, refusing one of another trial."""
     saved = TrialConfig.from_dict(state["config"]).to_flat_dict()
     # A retry may run elsewhere (another node, device or data mount): same trial.
     differing = [
@@ -342,7 +396,6 @@ def load_checkpoint(path: Path, trial: Trial) -> list[dict[str, float]]:
     trial.scheduler.load_state_dict(state["scheduler"])
     trial.train_loader.load_state_dict(state["train_loader"])
     _set_rng_state(state["rng"])
-    return list(state["history"])
 
 
 def index_batches(trial: Trial) -> DeviceLoader:
@@ -442,7 +495,7 @@ def run_trial(
     trial = build_trial(config, device, splits)
     path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     history: list[dict[str, float]] = []
-    if path is not None and path.exists():
+    if path is not None and (path.exists() or previous_checkpoint(path).exists()):
         history = load_checkpoint(path, trial)
         logger.info("resumed %s after epoch %d", path, len(history))
     for epoch in range(len(history) + 1, config.optim.epochs + 1):

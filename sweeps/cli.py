@@ -11,14 +11,23 @@ from typing import Any
 
 from pipeline.calibration import load_calibration
 from pipeline.config import TrialConfig
-from pipeline.data import load_dataset
+from pipeline.data import Dataset, balanced_subset, load_dataset
 from sweeps.grids import GRIDS, trial_configs
 from sweeps.progress import print_status
 from sweeps.resources import DEFAULT_GPU_SHARE, Resources, format_dry_run, parse_gpu_share
-from sweeps.sweep import check_sweep_path, experiment_path, run_sweep
-from sweeps.tracking_server import TrackingUnreachableError, check_reachable, is_http_uri
+from sweeps.sweep import UsageError, check_sweep_path, experiment_path, run_sweep
+from sweeps.tracking_server import (
+    OpenServiceError,
+    TrackingUnreachableError,
+    check_reachable,
+    is_http_uri,
+    is_loopback,
+    split_credentials,
+)
 
 EXIT_USAGE = 2  # bad input: nothing was started
+# What a resumed sweep takes from its stored state, never from the command line.
+STORED_SETTINGS = ("overrides", "seeds", "limit", "experiment")
 
 
 def _bounded(kind: Callable[[str], Any], least: float, strict: bool) -> Callable[[str], Any]:
@@ -67,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
         "ITERCONV_DATA_ROOT, ITERCONV_ACCELERATOR and ITERCONV_RAY_ADDRESS (or RAY_ADDRESS) "
         "give the defaults of --storage, --tracking-uri, --data-root, --accelerator and "
         "--address (sweeps/cluster.yaml sets them on every node); MLFLOW_TRACKING_USERNAME "
-        "and MLFLOW_TRACKING_PASSWORD are passed to the trials for a server with basic auth.",
+        "and MLFLOW_TRACKING_PASSWORD log in to a server with basic auth: trials read them "
+        "from their node's environment (a local Ray inherits the launcher's).",
     )
     parser.add_argument("grid", help="name of the grid (listed below)")
     parser.add_argument(
@@ -153,10 +163,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     storage.add_argument(
         "--mlflow-host",
-        default=None,
+        default="127.0.0.1",
         metavar="HOST",
-        help="interface of the launcher's own mlflow server (default: 127.0.0.1 for a local "
-        "Ray, this node's IP with --address so that other nodes can log)",
+        help="interface of the launcher's own mlflow server, which has no authentication: "
+        "a non-loopback HOST also needs --expose-tracking-server-without-auth (default: "
+        "127.0.0.1; on a multi-node cluster give --tracking-uri of a server with basic auth)",
+    )
+    storage.add_argument(
+        "--expose-tracking-server-without-auth",
+        action="store_true",
+        help="let the launcher's mlflow server listen on a non-loopback --mlflow-host, "
+        "where anyone on that network can read and change the runs",
     )
     storage.add_argument(
         "--data-root",
@@ -211,6 +228,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def sweep_configs(args: argparse.Namespace) -> list[TrialConfig]:
     """Return the trials of the command line: grid, launcher settings, overrides, limit."""
+    if args.resume:
+        given = [name for name in STORED_SETTINGS if getattr(args, name)]
+        if given:
+            shown = "key=value overrides" if given[0] == "overrides" else f"--{given[0]}"
+            raise UsageError(
+                f"--resume with {shown}: a resumed sweep keeps its original grid, overrides, "
+                "seeds, limit and experiment; drop them, or start a new sweep in another "
+                "--storage"
+            )
+    if not is_loopback(args.mlflow_host) and not args.expose_tracking_server_without_auth:
+        raise OpenServiceError(
+            f"--mlflow-host={args.mlflow_host}: the launcher's mlflow server has no "
+            "authentication, so it listens on loopback only; add "
+            "--expose-tracking-server-without-auth to open it to that network anyway, or use "
+            "a server with basic auth (docker/compose.yaml) via --tracking-uri"
+        )
     settings: dict[str, Any] = {
         "data.root": str(Path(args.data_root).expanduser().resolve()),
         "run.threads": max(1, math.ceil(args.cpus_per_trial)),
@@ -222,15 +255,40 @@ def sweep_configs(args: argparse.Namespace) -> list[TrialConfig]:
 
 
 def prepare_data(configs: Sequence[TrialConfig]) -> None:
-    """Load (download, generate) every dataset of the sweep once, before trials race to it."""
-    seen = set()
+    """Load (download, generate) every dataset of the sweep once, before trials race to it.
+
+    Also checks what only the data can tell: that data.train_size has a class-balanced subset
+    and that optim.batch_size fits in the (sub-sampled) training split.
+    """
+    loaded: dict[tuple, Dataset] = {}
     for config in configs:
         d = config.data
         for split, images in (("train", d.clutter_train_images), ("test", d.clutter_test_images)):
             key = (d.dataset, d.root, split, images if d.dataset.startswith("digit") else None)
-            if key not in seen:
-                seen.add(key)
-                load_dataset(d.dataset, d.root, split, download=d.download, clutter_images=images)
+            if key not in loaded:
+                loaded[key] = load_dataset(
+                    d.dataset, d.root, split, download=d.download, clutter_images=images
+                )
+        clutter = d.clutter_train_images if d.dataset.startswith("digit") else None
+        check_training_split(config, loaded[(d.dataset, d.root, "train", clutter)])
+
+
+def check_training_split(config: TrialConfig, train: Dataset) -> None:
+    """Raise UsageError if train_size or batch_size cannot work on this training split."""
+    d, batch_size = config.data, config.optim.batch_size
+    images = len(train)
+    if d.train_size is not None:
+        try:
+            balanced_subset(train.targets, d.train_size, config.run.seed, train.task.num_classes)
+        except ValueError as error:
+            raise UsageError(f"data.train_size for {d.dataset}: {error}") from None
+        images = d.train_size
+    if batch_size > images:
+        where = "data.train_size" if d.train_size is not None else "its training split"
+        raise UsageError(
+            f"optim.batch_size={batch_size}: larger than the {images} training images of "
+            f"{d.dataset} ({where}), so no step would run; allowed are 1..{images}"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -238,6 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_intermixed_args(argv)  # overrides may follow options
     try:
+        take_credentials(args)
         configs = sweep_configs(args)
         resources = Resources(args.gpu_share, args.cpus_per_trial, use_gpus=True)
         calibration = load_calibration()  # a broken file would fail every trial on CUDA
@@ -255,4 +314,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             prepare_data(configs)
     except (ValueError, TrackingUnreachableError, FileNotFoundError) as error:
         parser.exit(EXIT_USAGE, f"{parser.prog}: error: {error}\n")
-    return run_sweep(args, configs, path)
+    try:
+        return run_sweep(args, configs, path)
+    except UsageError as error:  # found on the cluster, before the tracking store was made
+        parser.exit(EXIT_USAGE, f"{parser.prog}: error: {error}\n")
+
+
+def take_credentials(args: argparse.Namespace) -> None:
+    """Move user:password@ out of an http(s) --tracking-uri into this process's environment.
+
+    MLflow reads them from MLFLOW_TRACKING_USERNAME/PASSWORD; the bare URI is what the trials
+    get (it is stored with the sweep), so the password is in no file, log or argument.
+    """
+    uri = args.tracking_uri
+    if uri is None or not is_http_uri(uri):
+        return
+    bare, username, password = split_credentials(uri)
+    if username:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = username
+    if password is not None:
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = password
+    args.tracking_uri = bare

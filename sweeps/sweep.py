@@ -23,7 +23,7 @@ from pipeline.config import TrialConfig
 from pipeline.tracking import close_unfinished_runs, ensure_experiment, experiment_url
 from sweeps.progress import ProgressLine
 from sweeps.resources import Resources
-from sweeps.tracking_server import is_http_uri, tracking_server
+from sweeps.tracking_server import is_http_uri, is_loopback, mask_uri, tracking_server
 from sweeps.trainable import (
     EXPERIMENT_KEY,
     GRID_KEY,
@@ -37,8 +37,6 @@ from sweeps.trainable import (
 
 EXIT_UNFINISHED = 1  # the sweep ran but some trials failed or were interrupted
 UI_PORT = 5000  # where `mlflow ui` listens by default
-# Credentials for a tracking server with basic auth (docker/compose.yaml), passed to trials.
-FORWARDED_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
 
 class UsageError(ValueError):
@@ -54,11 +52,18 @@ def tracking(args: argparse.Namespace, host: str) -> Iterator[str]:
         return
     backend = uri or default_backend_store(args.storage)
     root = Path(args.storage).expanduser().resolve() if "://" not in args.storage else Path.cwd()
-    with tracking_server(backend, root / "mlartifacts", root / "mlflow-server.log", host) as server:
-        print(f"MLflow: {server.uri} serving {backend}", flush=True)
+    with tracking_server(
+        backend,
+        root / "mlartifacts",
+        root / "mlflow-server.log",
+        host,
+        supervise=True,  # restarted on its address if it dies mid-sweep
+        allow_network=args.expose_tracking_server_without_auth,
+    ) as server:
+        print(f"MLflow: {server.uri} serving {mask_uri(backend)}", flush=True)
         yield server.uri
     print(
-        f"browse the runs: mlflow ui --backend-store-uri {backend} "
+        f"browse the runs: mlflow ui --backend-store-uri {mask_uri(backend)} "
         f"--artifacts-destination {root / 'mlartifacts'} (then open the link below on its "
         f"port, {UI_PORT})",
         flush=True,
@@ -74,9 +79,9 @@ def ray_cluster(args: argparse.Namespace) -> Iterator[None]:
         "logging_level": logging.INFO if args.verbose else logging.WARNING,
     }
     if args.address:
-        forwarded = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
-        runtime_env = {"env_vars": forwarded} if forwarded else None
-        ray.init(address=args.address, runtime_env=runtime_env, **common)
+        # No runtime_env with MLFLOW_TRACKING_PASSWORD: Ray records it with the job. Trials
+        # read the credentials from their node's environment (sweeps/cluster.yaml).
+        ray.init(address=args.address, **common)
     else:
         ray.init(address="local", num_cpus=os.cpu_count(), **common)
     try:
@@ -87,58 +92,66 @@ def ray_cluster(args: argparse.Namespace) -> Iterator[None]:
 
 def run_sweep(args: argparse.Namespace, configs: Sequence[TrialConfig], path: str) -> int:
     """Run (or resume) the sweep on Ray; return the exit status (0: every trial finished)."""
-    host = args.mlflow_host or ("127.0.0.1" if not args.address else ray.util.get_node_ip_address())
-    with tracking(args, host) as uri, ray_cluster(args):
+    # Ray first: what only the cluster can tell is checked before the tracking store is made.
+    with ray_cluster(args):
         has_gpus = ray.cluster_resources().get("GPU", 0) > 0
         use_gpus = args.accelerator == "gpu" or (args.accelerator == "auto" and has_gpus)
-        resources = Resources(args.gpu_share, args.cpus_per_trial, use_gpus)
-        trainable = make_trainable(SweepContext(uri, args.checkpoint_interval), resources)
-        device = "GPUs" if use_gpus else "CPUs"
-        if args.resume:
-            # Grid, overrides and experiment are those stored with the sweep.
-            print(f"resuming the sweep in {path} on {device}", flush=True)
-            tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
-        else:
-            experiment = args.experiment or args.grid
-            experiment_id = ensure_experiment(MlflowClient(uri), experiment)
-            print(f"sweep {args.grid}: {len(configs)} trials on {device}, in {path}", flush=True)
-            print(f"MLflow UI while it runs: {experiment_url(uri, experiment_id)}", flush=True)
-            storage, name = path.rsplit("/", 1)
-            trials = [c.to_flat_dict() for c in configs]
-            tuner = tune.Tuner(
-                trainable,
-                param_space={
-                    TRIAL_KEY: tune.grid_search(trials),
-                    GRID_KEY: args.grid,
-                    EXPERIMENT_KEY: experiment,
-                },
-                tune_config=tune.TuneConfig(
-                    max_concurrent_trials=args.max_concurrent,
-                    trial_name_creator=trial_dirname,
-                    trial_dirname_creator=trial_dirname,
-                ),
-                run_config=tune.RunConfig(
-                    name=name,
-                    storage_path=storage,
-                    failure_config=tune.FailureConfig(max_failures=args.max_failures),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                    log_to_file=True,
-                    verbose=2 if args.verbose else 0,
-                    callbacks=[ProgressLines(), ProgressLine()],
-                ),
+        check_cluster(args, configs, use_gpus)
+        with tracking(args, args.mlflow_host) as uri:
+            resources = Resources(args.gpu_share, args.cpus_per_trial, use_gpus)
+            trainable = make_trainable(SweepContext(uri, args.checkpoint_interval), resources)
+            device = "GPUs" if use_gpus else "CPUs"
+            if args.resume:
+                # Grid, overrides and experiment are those stored with the sweep.
+                print(f"resuming the sweep in {path} on {device}", flush=True)
+                tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
+            else:
+                experiment = args.experiment or args.grid
+                experiment_id = ensure_experiment(MlflowClient(uri), experiment)
+                print(
+                    f"sweep {args.grid}: {len(configs)} trials on {device}, in {path}", flush=True
+                )
+                print(f"MLflow UI while it runs: {experiment_url(uri, experiment_id)}", flush=True)
+                storage, name = path.rsplit("/", 1)
+                trials = [c.to_flat_dict() for c in configs]
+                tuner = tune.Tuner(
+                    trainable,
+                    param_space={
+                        TRIAL_KEY: tune.grid_search(trials),
+                        GRID_KEY: args.grid,
+                        EXPERIMENT_KEY: experiment,
+                    },
+                    tune_config=tune.TuneConfig(
+                        max_concurrent_trials=args.max_concurrent,
+                        trial_name_creator=trial_dirname,
+                        trial_dirname_creator=trial_dirname,
+                    ),
+                    run_config=tune.RunConfig(
+                        name=name,
+                        storage_path=storage,
+                        failure_config=tune.FailureConfig(max_failures=args.max_failures),
+                        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                        log_to_file=True,
+                        verbose=2 if args.verbose else 0,
+                        callbacks=[ProgressLines(), ProgressLine()],
+                    ),
+                )
+            if not args.verbose:
+                # Tune's new console output prints its banner and tables even at verbose=0; the
+                # classic reporter honours it, and ProgressLines prints one line per trial event.
+                os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+            results = tuner.fit()
+            trial_ids = [trial_id_of(r.path) for r in results]
+            experiment = (
+                (results[0].config or {}).get(EXPERIMENT_KEY, args.grid)
+                if len(results)
+                else args.grid
             )
-        if not args.verbose:
-            # Tune's new console output prints its banner and tables even at verbose=0; the
-            # classic reporter honours it, and ProgressLines prints one line per trial event.
-            os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-        results = tuner.fit()
-        trial_ids = [trial_id_of(r.path) for r in results]
-        experiment = (
-            (results[0].config or {}).get(EXPERIMENT_KEY, args.grid) if len(results) else args.grid
-        )
-        finished = sum(1 for r in results if r.error is None and "final_test_error" in r.metrics)
-        closed = close_unfinished_runs(uri, experiment, trial_ids)
-        experiment_id = ensure_experiment(MlflowClient(uri), experiment)
+            finished = sum(
+                1 for r in results if r.error is None and "final_test_error" in r.metrics
+            )
+            closed = close_unfinished_runs(uri, experiment, trial_ids)
+            experiment_id = ensure_experiment(MlflowClient(uri), experiment)
     # A local store's server has stopped: the link is for `mlflow ui` on its default port.
     ui = uri if is_http_uri(args.tracking_uri or "") else f"http://127.0.0.1:{UI_PORT}"
     print(f"MLflow UI: {experiment_url(ui, experiment_id)}", flush=True)
@@ -153,6 +166,28 @@ def run_sweep(args: argparse.Namespace, configs: Sequence[TrialConfig], path: st
         )
         return EXIT_UNFINISHED
     return 0
+
+
+def check_cluster(args: argparse.Namespace, configs: Sequence[TrialConfig], use_gpus: bool) -> None:
+    """Raise UsageError for settings under which no trial could run on this cluster."""
+    cuda = [c for c in configs if c.run.device == "cuda"]
+    if cuda and not use_gpus:
+        raise UsageError(
+            f"run.device='cuda': the cluster has no GPUs ({len(cuda)} trials ask for CUDA); "
+            "use run.device=auto or cpu, or --accelerator=gpu on a cluster whose GPU workers "
+            "are still starting"
+        )
+    tracking_uri = args.tracking_uri
+    if is_loopback(args.mlflow_host) and not (tracking_uri and is_http_uri(tracking_uri)):
+        here = ray.util.get_node_ip_address()
+        elsewhere = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]} - {here}
+        if elsewhere:
+            raise UsageError(
+                f"the cluster has nodes at {', '.join(sorted(elsewhere))}, which cannot reach "
+                f"the launcher's mlflow server on {args.mlflow_host}: give --tracking-uri of a "
+                "server with basic auth (docker/compose.yaml), or --mlflow-host with "
+                "--expose-tracking-server-without-auth"
+            )
 
 
 def check_sweep_path(path: str, resume: bool) -> None:

@@ -66,6 +66,11 @@ def run_tracked_trial(param: dict[str, Any], context: SweepContext) -> None:
         param[GRID_KEY],
         placement_tags(),
     )
+    if run.finished_metrics is not None:
+        # Its run ended FINISHED before the launcher died: report it, do not train it again.
+        finals = {k: v for k, v in run.finished_metrics.items() if "/" not in k}
+        tune.report({**finals, "mlflow_run_id": run.run_id})
+        return
     workdir = tempfile.mkdtemp(prefix=f"iterconv-{trial_id}-")
     last_saved = [-math.inf]  # monotonic time of the last checkpoint handed to Tune
     try:

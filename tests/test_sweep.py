@@ -392,7 +392,8 @@ def test_interrupted_sweep_resumes_only_unfinished_trials(
     assert 1 <= len(done_before) < 3
     assert "--resume" in log.read_text()
 
-    result = launch("smoke", "--resume", *common)
+    # The resumed sweep keeps its experiment: --experiment is not repeated (it would be refused).
+    result = launch("smoke", "--resume", *[c for c in common if not c.startswith("--experiment")])
     assert result.returncode == 0, explain(result)
     assert "3 of 3 trials finished" in result.stdout
 
