@@ -41,6 +41,11 @@ if [ "$auth" = true ]; then
     case "$auth_db" in
         sqlite:////*) mkdir -p "$(dirname "${auth_db#sqlite:///}")" ;;
     esac
+    # MLflow's CSRF protection needs one key shared by the server's workers.
+    if [ -z "${MLFLOW_FLASK_SERVER_SECRET_KEY:-}" ]; then
+        MLFLOW_FLASK_SERVER_SECRET_KEY="$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')"
+        export MLFLOW_FLASK_SERVER_SECRET_KEY
+    fi
     umask 077  # the config holds the admin password: readable by this user only
     config_dir="$(mktemp -d)"
     export MLFLOW_AUTH_CONFIG_PATH="$config_dir/basic_auth.ini"

@@ -75,6 +75,10 @@ def test_resume_keeps_the_original_settings(tmp_path: Path, extra: list[str], na
 def test_cuda_on_a_cluster_without_gpus(tmp_path: Path, sweep_data_root: Path) -> None:
     # Only the cluster knows it has no GPU: Ray starts, nothing else does.
     error = refused(
-        tmp_path / "results", *TINY, "run.device=cuda", f"--data-root={sweep_data_root}"
+        tmp_path / "results",
+        *TINY,
+        "run.device=cuda",
+        "--limit=2",
+        f"--data-root={sweep_data_root}",
     )
     assert "run.device='cuda': the cluster has no GPUs" in error
