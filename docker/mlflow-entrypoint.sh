@@ -21,6 +21,7 @@ if [ "$open" = true ] && [ "$auth" != true ]; then
     exit 2
 fi
 
+# Host headers carry the port (127.0.0.1:5000): the patterns allow it (fnmatch).
 # The store URI reaches mlflow through its environment (MLFLOW_BACKEND_STORE_URI), not argv:
 # it holds the database password, and argv is visible to every process of the host.
 export MLFLOW_BACKEND_STORE_URI
@@ -28,7 +29,7 @@ set -- mlflow server \
     --serve-artifacts --artifacts-destination "${MLFLOW_ARTIFACTS_DESTINATION:-/mlartifacts}" \
     --host "${MLFLOW_HOST:-0.0.0.0}" --port "${MLFLOW_PORT:-5000}" \
     --workers "${MLFLOW_WORKERS:-4}" \
-    --allowed-hosts "${MLFLOW_ALLOWED_HOSTS:-localhost,127.0.0.1,10.*,172.*,192.168.*}"
+    --allowed-hosts "${MLFLOW_ALLOWED_HOSTS:-localhost,localhost:*,127.0.0.1,127.0.0.1:*,10.*,172.*,192.168.*}"
 
 if [ "$auth" = true ]; then
     : "${MLFLOW_AUTH_ADMIN_PASSWORD:?set MLFLOW_AUTH_ADMIN_PASSWORD for basic auth}"
