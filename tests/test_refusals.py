@@ -46,10 +46,15 @@ def test_batch_larger_than_the_subsampled_split(tmp_path: Path) -> None:
 
 
 def test_train_size_no_class_balanced_subset_reaches(tmp_path: Path) -> None:
-    # The smoke grid's ninth trial keeps data.train_size=2000 images: this CIFAR has 200.
     root = write_cifar(tmp_path / "data", "cifar10", n_train=200, n_test=100)
-    error = refused(tmp_path / "results", "data.dataset=cifar10", f"--data-root={root}")
-    assert "data.train_size for cifar10: train_size=2000: allowed are 1..200" in error
+    error = refused(
+        tmp_path / "results",
+        "data.dataset=cifar10",
+        "data.train_size=300",
+        "--limit=1",
+        f"--data-root={root}",
+    )
+    assert "data.train_size for cifar10: train_size=300: allowed are 1..200" in error
 
 
 def test_seed_out_of_range(tmp_path: Path) -> None:
