@@ -20,7 +20,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 INSTALL = "tests/system/install-deps.sh"
-# A smoke trial small enough for the plumbing tests (the same as test_sweep's TINY).
+# A smoke trial small enough for the tests of the plumbing, not of the figures.
 TINY = [
     "optim.epochs=2",
     "data.clutter_train_images=512",

@@ -29,6 +29,7 @@ from iterconv_faults import fault_environment
 from mlflow import MlflowClient
 from mlflow_fixtures import mlflow_server, sweep_data_root
 from ray.autoscaler._private.util import prepare_config, validate_config
+from system_helpers import TINY  # a smaller smoke trial, for the tests of the plumbing
 
 from analysis.collect import aggregate_to, read_tables
 from analysis.conditions import with_conditions
@@ -48,15 +49,6 @@ LAUNCH = [sys.executable, str(REPO / "sweeps" / "launch.py")]
 INDEX_KEYS = {"ci", "ri", "di", "ci_stage1", "ri_stage2", "di_stage3"}
 SMOKE_SLICE = 4  # trials of the smoke grid the slow test runs: CI time
 SMOKE_MAX_ERROR = 0.9  # test error every smoke trial ends below (chance: 0.992)
-# A smaller smoke trial for the tests that are about the plumbing, not the figures.
-TINY = [
-    "optim.epochs=2",
-    "data.clutter_train_images=512",
-    "data.clutter_test_images=128",
-    "data.index_examples=64",
-    "model.blocks_per_stage=2",
-    "run.extra_evaluations=2",
-]
 
 
 def clean_env(**extra: str) -> dict[str, str]:
