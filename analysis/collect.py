@@ -31,7 +31,6 @@ import json
 import os
 import sys
 import tempfile
-import typing
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -46,7 +45,8 @@ from tqdm import tqdm
 
 import vocabulary
 from analysis.pair import recover, write_tables_together
-from pipeline.config import RUN_LOCAL_KEYS, TrialConfig, flat_keys, parse_value
+from models.checked import allowed_types
+from pipeline.config import RUN_LOCAL_KEYS, SECTIONS, TrialConfig, flat_keys, parse_value
 
 RUNS_FILE = "runs.parquet"
 CURVES_FILE = "curves.parquet"
@@ -103,11 +103,11 @@ class Aggregation:
 @functools.cache
 def config_types() -> dict[str, type]:
     """Return {flat key: bool, int, float or str}, the types TrialConfig declares (None aside)."""
-    config, types = TrialConfig(), {}
+    types = {}
     for key in flat_keys():
         section, name = key.split(".")
-        hint = typing.get_type_hints(type(getattr(config, section)))[name]
-        types[key] = next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
+        allowed = allowed_types(SECTIONS[section], name)
+        types[key] = next(t for t in allowed if t is not type(None))
     return types
 
 

@@ -70,14 +70,19 @@ def daemon(command: Sequence[str], log: Path, env: dict[str, str] | None = None)
             raise RuntimeError(f"{command[0]} exited with {process.returncode}:\n{log.read_text()}")
         yield process
     finally:
+        stop_group(process)
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """Stop a process started in its own session, and its children: TERM, then KILL after 30 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def wait_for(check, timeout: float, what: str, interval: float = 0.5):

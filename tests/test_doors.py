@@ -10,7 +10,6 @@ import pickle
 import re
 import secrets
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -25,6 +24,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 from mlflow_fixtures import sweep_data_root
+from system_helpers import stop_group
 from test_sweep import LAUNCH, REPO, TINY, clean_env, explain, launch, runs_of
 
 from pipeline.data import UnsafeDatasetError, load_dataset
@@ -212,13 +212,7 @@ def basic_auth_server(
             time.sleep(0.5)
         yield uri, password, root
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(process)
 
 
 def http_status(url: str, auth: tuple[str, str] | None = None) -> int:
