@@ -358,6 +358,7 @@ class DeviceLoader:
         train: bool,
         seed: int = 0,
         augment: bool | None = None,
+        memory_format: torch.memory_format = torch.channels_last,
     ) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r}: must be a positive int")
@@ -383,6 +384,9 @@ class DeviceLoader:
         # x_normalised = (x / 255 - mean) / std = x * scale + shift
         self._scale = (1.0 / (255.0 * std)).view(1, -1, 1, 1)
         self._shift = (-mean / std).view(1, -1, 1, 1)
+        # Channels-last batches for channels-last weights: oneDNN's and cuDNN's fast layout
+        # (benchmarks/train.py prints the ratio to contiguous batches and weights).
+        self.memory_format = memory_format
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -437,9 +441,7 @@ class DeviceLoader:
     def _normalise(self, images: torch.Tensor) -> torch.Tensor:
         """Return float32 inputs normalised per channel."""
         inputs = images.float().mul_(self._scale).add_(self._shift)
-        if self.device.type == "cuda":
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        return inputs
+        return inputs.contiguous(memory_format=self.memory_format)
 
 
 @contextlib.contextmanager

@@ -153,8 +153,8 @@ def build_trial(
     seed_everything(seed)  # right before the weights are drawn
     model = build_model(config.model, **network_shape(config)).to(device)
     mixed_precision = device.type == "cuda"
-    if mixed_precision:
-        model = model.to(memory_format=torch.channels_last)
+    # Channels-last weights, as the loaders' batches: the faster layout on CPU and GPU alike.
+    model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(
         model.parameters(),
         lr=o.lr * o.batch_size / REFERENCE_BATCH,
