@@ -224,7 +224,7 @@ def smoke(seeds: int = 2) -> list[Trial]:
     The ordinary ResNet in all five variants (non-rec.; rec. 0, 0.5, 0.9, 1), ICR and PCR
     non-rec. and rec. 1, each `seeds` times; one training variation (BN gamma 0.1, non-rec.,
     seed 0). 3,000 images, N = 3, width 8, 4 epochs: `python sweeps/launch.py smoke` runs 19
-    trials of 12,000 training images each, offline, one per CPU core; 6 minutes on 2 idle
+    trials of 12,000 training images each, offline, one per CPU core; 5 minutes on 2 idle
     cores (docs/benchmarks.md).
     """
     ordinary = {**SMOKE_BASE, "model.block": "ordinary"}

@@ -124,9 +124,9 @@ def run_sweep(args: argparse.Namespace, configs: Sequence[TrialConfig], path: st
                     tune_config=tune.TuneConfig(
                         max_concurrent_trials=args.max_concurrent,
                         # A finished trial's worker process takes the next trial of the same
-                        # resources: no new process, no re-import of torch (a fifth of the
-                        # smoke sweep's time, docs/benchmarks.md). Every trial seeds and
-                        # builds all its state itself, so its numbers do not change.
+                        # resources: no new process, no re-import of torch (benchmarks/
+                        # actors.py). Every trial seeds and builds all its state itself, so
+                        # its numbers do not change.
                         reuse_actors=True,
                         trial_name_creator=trial_dirname,
                         trial_dirname_creator=trial_dirname,
