@@ -35,6 +35,9 @@ IMAGE_SIZE = 32  # px, every dataset's input side
 MNIST_PAD = 2  # px of zeros on each side: 28 -> 32
 CROP_PADDING = 4  # px of zero padding before the random 32x32 crop (CIFAR augmentation)
 CLUTTER_IMAGES = {"train": 100_000, "test": 10_000}  # paper-scale Digitclutter sets
+# The layout of every batch and of the weights a trial trains: oneDNN's and cuDNN's fast one
+# (benchmarks/train.py prints the ratio to contiguous batches and weights).
+MEMORY_FORMAT = torch.channels_last
 CLUTTER_SEED = 0  # one Digitclutter data set for every trial; `seed` only picks subsets
 
 # Digitclutter images come from one fixed distribution, so their normalisation is the
@@ -358,7 +361,7 @@ class DeviceLoader:
         train: bool,
         seed: int = 0,
         augment: bool | None = None,
-        memory_format: torch.memory_format = torch.channels_last,
+        memory_format: torch.memory_format = MEMORY_FORMAT,
     ) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r}: must be a positive int")
@@ -384,8 +387,6 @@ class DeviceLoader:
         # x_normalised = (x / 255 - mean) / std = x * scale + shift
         self._scale = (1.0 / (255.0 * std)).view(1, -1, 1, 1)
         self._shift = (-mean / std).view(1, -1, 1, 1)
-        # Channels-last batches for channels-last weights: oneDNN's and cuDNN's fast layout
-        # (benchmarks/train.py prints the ratio to contiguous batches and weights).
         self.memory_format = memory_format
         self.epoch = 0
 

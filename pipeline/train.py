@@ -25,7 +25,7 @@ from models import ResNet, build_model, converge_power_iteration, parameter_coun
 from pipeline.calibration import cuda_step_mode
 from pipeline.config import RUN_LOCAL_KEYS, TrialConfig, apply_overrides, network_shape
 from pipeline.coupling import GradientCoupler
-from pipeline.data import Dataset, DeviceLoader, load_dataset
+from pipeline.data import MEMORY_FORMAT, Dataset, DeviceLoader, load_dataset
 from pipeline.indices import iteration_indices, perturbation_curves, undefined_indices
 from pipeline.steps import TrainStep
 from pipeline.tasks import Task
@@ -153,8 +153,7 @@ def build_trial(
     seed_everything(seed)  # right before the weights are drawn
     model = build_model(config.model, **network_shape(config)).to(device)
     mixed_precision = device.type == "cuda"
-    # Channels-last weights, as the loaders' batches: the faster layout on CPU and GPU alike.
-    model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=MEMORY_FORMAT)  # the layout of the loaders' batches
     optimizer = torch.optim.SGD(
         model.parameters(),
         lr=o.lr * o.batch_size / REFERENCE_BATCH,
