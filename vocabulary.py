@@ -31,12 +31,29 @@ DATASET_LABELS = {
 INPUT_CHANNELS = {name: 3 if name.startswith("cifar") else 1 for name in DATASETS}
 # Training images of the torchvision datasets (Digitclutter's size is a config value).
 TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "mnist": 60_000}
+# Paper-scale Digitclutter sets: the defaults of data.clutter_train_images / _test_images.
+CLUTTER_IMAGES = {"train": 100_000, "test": 10_000}
+# px, every dataset's input height = width (MNIST padded, Digitclutter block-averaged)
+IMAGE_SIZE = 32
 
 # The network (docs/method.md).
 WIDTHS = (8, 16, 32, 64)  # channels of stage 1 in the paper's grid
 BLOCK_TYPES = ("ordinary", "icr", "pcr")  # z + f(z), z + f~(z), x + f~(z)
 CONVERGENT_BLOCKS = ("icr", "pcr")  # spectrally normalised: improperly / properly convergent
+CONVERGENT_MU = 0.95  # the Lipschitz cap μ of f~ for ICR and PCR blocks, in (0, 1]
 BLOCK_LABELS = {"ordinary": "ordinary", "icr": "ICR", "pcr": "PCR"}
+# model.arch: the project's pre-activation ResNet, or a torchvision ResNet (docs/measure.md).
+PREACT = "preact"
+TORCHVISION_RESNETS = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "wide_resnet50_2",
+)
+TORCHVISION_PREFIX = "torchvision-"
+ARCHS = (PREACT, *(TORCHVISION_PREFIX + name for name in TORCHVISION_RESNETS))
 
 # Soft gradient coupling (docs/method.md).
 COUPLINGS = (0.0, 0.5, 0.9, 1.0)  # lambda of the recurrently initialised variants
@@ -97,3 +114,8 @@ def variation_label(bn_gamma_init: float, kernel: str, first_coupled: int) -> st
 def dataset_label(name: str) -> str:
     """Return the paper's spelling of a dataset name (CIFAR-10, Digitclutter-5, ...)."""
     return DATASET_LABELS.get(name, name)
+
+
+def matches_level(value: object, level: object) -> bool:
+    """Return True if `value` is at the condition's level: that one value, or in a tuple of them."""
+    return value in level if isinstance(level, tuple) else value == level

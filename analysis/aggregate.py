@@ -3,7 +3,7 @@
 Usage: python analysis/aggregate.py [--tracking-uri URI] [--experiment GRID ...] [--out results/]
        [--artifacts-destination DIR]
 Incremental: runs already in the tables with the same end time are not fetched again.
-Schemas: analysis/collect.py.
+Schemas: analysis/runs_to_tables.py.
 """
 
 from __future__ import annotations
@@ -12,14 +12,10 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    # Run as a script: import the project package, not sibling files.
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
-
 from mlflow.exceptions import MlflowException
 
-from analysis.collect import aggregate_to
-from pipeline.tracking import server_problem
+from analysis.runs_to_tables import aggregate_to
+from sweeps.tracking_server import server_problem
 
 
 def main(argv: list[str] | None = None) -> int:

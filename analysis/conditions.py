@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import pandas as pd
 
@@ -78,6 +78,27 @@ def with_conditions(
     return out
 
 
+ANY_OF = (tuple, list, set, frozenset)  # a level given as one of these: any of its members
+
+
+def select(
+    runs: pd.DataFrame, exclude: Mapping[str, object] | None = None, **levels: object
+) -> pd.DataFrame:
+    """Return the runs at these levels (None: any; a tuple: any of its) and not at exclude's."""
+    keep = pd.Series(True, index=runs.index)
+    for column, level in levels.items():
+        if level is not None:
+            keep &= _at(runs[column], level)
+    for column, level in (exclude or {}).items():
+        keep &= ~_at(runs[column], level)
+    return runs[keep]
+
+
+def _at(column: pd.Series, level: object) -> pd.Series:
+    """Return where a condition column holds the level (or one of the levels)."""
+    return column.isin(level) if isinstance(level, ANY_OF) else column == level
+
+
 def ordered_variants(labels: Iterable[str]) -> list[str]:
     """Return the distinct variant labels in the paper's order (non-rec., rec. 0, ..., rec. 1)."""
     return sorted(set(labels), key=variant_order)
@@ -118,6 +139,7 @@ __all__ = [
     "ordered_datasets",
     "ordered_train_sizes",
     "ordered_variants",
+    "select",
     "train_size_label",
     "with_conditions",
 ]

@@ -12,20 +12,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-
-if __package__ in (None, ""):
-    # Run as a script: import the project package, not sibling files.
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import matplotlib
 
 matplotlib.use("Agg")
 
-from analysis.claims import claims_markdown, claims_table, write_claims
 from analysis.conditions import ERRORS
 from analysis.paper_figures import ALL_FIGURES, draw_all
-from analysis.report import load_results, write_summary
+from analysis.report import claims_markdown, load_results, write_summary
+from analysis.verdicts import claims_table, write_claims
 
 
 def main(argv: list[str] | None = None) -> int:

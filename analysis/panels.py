@@ -15,7 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure, SubFigure
 
-from analysis.conditions import missing_note, ordered_variants
+from analysis.conditions import missing_note, ordered_variants, select
 from vocabulary import FULL, INDEX_LABELS, PAPER_VARIANTS, STANDARD, WIDTHS, dataset_label
 
 NOTE_COLOUR = "firebrick"
@@ -95,15 +95,6 @@ def choose(
 
 def _level(value: object) -> str:
     return dataset_label(value) if isinstance(value, str) else str(value)
-
-
-def select(runs: pd.DataFrame, **levels: object) -> pd.DataFrame:
-    """Return the runs whose condition columns equal the given levels (None: any)."""
-    keep = pd.Series(True, index=runs.index)
-    for column, level in levels.items():
-        if level is not None:
-            keep &= runs[column] == level
-    return runs[keep]
 
 
 def main_design(runs: pd.DataFrame, block: str = "ordinary") -> pd.DataFrame:

@@ -21,7 +21,12 @@ from matplotlib.figure import Figure, SubFigure
 from matplotlib.ticker import MaxNLocator
 
 from analysis import toy
-from analysis.conditions import ordered_datasets, ordered_train_sizes, ordered_variants
+from analysis.conditions import (
+    ordered_datasets,
+    ordered_train_sizes,
+    ordered_variants,
+    select,
+)
 from analysis.panels import (
     NothingToDrawError,
     PaperFigure,
@@ -32,7 +37,6 @@ from analysis.panels import (
     main_design,
     notes,
     panel_note,
-    select,
     style,
     width_palette,
 )

@@ -1,4 +1,4 @@
-"""Load the Parquet tables for the figures, and write figures/summary.md."""
+"""Load the Parquet tables for the figures, and write figures/summary.md with its sections."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.collect import CURVE_COLUMNS, CURVES_FILE, RUNS_FILE
-from analysis.conditions import ordered_train_sizes, with_conditions
-from analysis.pair import recover
-from analysis.paper_values import PAPER_VALUES, PaperValue
+from analysis.claims import BESIDE_OURS, CLAIMS, Claim
+from analysis.conditions import ordered_train_sizes, select, with_conditions
+from analysis.runs_to_tables import CURVE_COLUMNS, CURVES_FILE, RUNS_FILE
+from analysis.table_pair import read_tables_together
+from analysis.verdicts import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, MIN_RUNS_PER_CELL, VERDICTS
 from vocabulary import DATASET_ORDER, INDEX_NAMES, dataset_label, variant_order
 
 CONDITION_COLUMNS = ("dataset", "block", "variation", "train_size", "width", "variant")
@@ -22,18 +23,12 @@ def load_results(
     directory: str | os.PathLike, error: str = "image", exclude_diverged: bool = False
 ) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
     """Return (runs with condition columns, curves) from a results directory, or (None, None)."""
-    directory = Path(directory)
-    if directory.is_dir():
-        recover(directory)  # finish an aggregation interrupted after its commit point
-    runs_path, curves_path = directory / RUNS_FILE, directory / CURVES_FILE
-    if not runs_path.exists():
+    tables = read_tables_together(directory, (RUNS_FILE, CURVES_FILE))
+    if RUNS_FILE not in tables:
         return None, None
-    runs = with_conditions(pd.read_parquet(runs_path), error, exclude_diverged)
-    if curves_path.exists():
-        curves = pd.read_parquet(curves_path)
-    else:
-        curves = pd.DataFrame(columns=list(CURVE_COLUMNS))
-    return runs, curves
+    runs = with_conditions(tables[RUNS_FILE], error, exclude_diverged)
+    curves = tables.get(CURVES_FILE)
+    return runs, pd.DataFrame(columns=list(CURVE_COLUMNS)) if curves is None else curves
 
 
 def condition_summary(runs: pd.DataFrame) -> pd.DataFrame:
@@ -72,32 +67,27 @@ def _mean_sd(mean: float, sd: float, count: int, percent: bool = False) -> str:
     return f"{mean:.3f}" if count < 2 or pd.isna(sd) else f"{mean:.3f} ± {sd:.3f}"
 
 
-def paper_comparison(runs: pd.DataFrame) -> list[tuple[PaperValue, str, int]]:
-    """Return (paper value, our mean +/- sd as text, n runs) for each value the paper states."""
+def paper_comparison(runs: pd.DataFrame) -> list[tuple[Claim, str, int]]:
+    """Return (claim, our mean +/- sd as text, n runs) for each value the paper states."""
     rows = []
-    for item in PAPER_VALUES:
-        values = _matching(runs, item.levels)[item.column].dropna()
+    for claim in BESIDE_OURS:
+        assert claim.summary is not None  # every claim of BESIDE_OURS has its row
+        levels = claim.summary_levels()
+        values = select(runs, **levels)[claim.column].dropna()
         remark = ""
-        if values.empty and item.relaxable:
+        if values.empty and claim.summary.relaxable:
             # The paper's dataset or width is absent: compare on those present, and say so.
-            levels = {k: v for k, v in item.levels.items() if k not in item.relaxable}
-            matched = _matching(runs, levels).dropna(subset=[item.column])
-            values = matched[item.column]
+            levels = {k: v for k, v in levels.items() if k not in claim.summary.relaxable}
+            matched = select(runs, **levels).dropna(subset=[claim.column])
+            values = matched[claim.column]
             if len(values):
                 datasets = ", ".join(dataset_label(d) for d in sorted(matched["dataset"].unique()))
                 widths = ", ".join(str(w) for w in sorted(matched["width"].unique()))
                 remark = f" (on {datasets}, width {widths})"
-        percent = item.column == "error"
+        percent = claim.column == "error"
         ours = _mean_sd(values.mean(), values.std(), len(values), percent) + remark
-        rows.append((item, ours, len(values)))
+        rows.append((claim, ours, len(values)))
     return rows
-
-
-def _matching(runs: pd.DataFrame, levels: dict[str, object]) -> pd.DataFrame:
-    keep = pd.Series(True, index=runs.index)
-    for column, level in levels.items():
-        keep &= runs[column] == level
-    return runs[keep]
 
 
 def summary_markdown(runs: pd.DataFrame, sections: Sequence[str] = ()) -> str:
@@ -113,13 +103,8 @@ def summary_markdown(runs: pd.DataFrame, sections: Sequence[str] = ()) -> str:
         "| quantity | paper | ours | runs | where the paper says so |",
         "|---|---|---|---|---|",
     ]
-    for item, ours, count in paper_comparison(runs):
-        paper = f"{item.value * 100:.3g}%" if item.column == "error" else f"{item.value:g}"
-        ours = ours if count else "no runs"
-        lines.append(
-            f"| {item.quantity} | {item.relation} {paper} | {ours} | {count} | {item.source} |"
-        )
-    for section in sections:  # e.g. the claims table (analysis/claims.py)
+    lines += [claim.beside_ours(ours, count) for claim, ours, count in paper_comparison(runs)]
+    for section in sections:  # e.g. the claims table (claims_markdown)
         lines += ["", section.rstrip("\n")]
     lines += [
         "",
@@ -159,6 +144,62 @@ def summary_markdown(runs: pd.DataFrame, sections: Sequence[str] = ()) -> str:
             f"{diverged} run(s) diverged (non-finite training loss): each counts in n, with its "
             "error at chance and no indices.",
         ]
+    return "\n".join(lines) + "\n"
+
+
+def _number(value: float) -> str:
+    return "–" if pd.isna(value) else f"{value:.3f}"
+
+
+def claims_markdown(table: pd.DataFrame, claims: Sequence[Claim] = CLAIMS) -> str:
+    """Return the claims section of summary.md: the quotes, then one line per row."""
+    lines = [
+        "## The paper's claims, checked on these runs",
+        "",
+        "Statistics, thresholds and verdicts as in docs/claims.md: 95% stratified bootstrap "
+        f"intervals ({BOOTSTRAP_RESAMPLES} resamples of the seeds of each condition, seed "
+        f"{BOOTSTRAP_SEED}); reproduced = the interval lies on the paper's side, contradicted = "
+        "wholly on the other, inconclusive = it straddles the threshold or a condition has "
+        f"fewer than {MIN_RUNS_PER_CELL} runs. n counts runs with defined values; runs at chance "
+        "(indices undefined) are counted apart, diverged ones among them.",
+        "",
+    ]
+    for claim in claims:
+        lines.append(f"- **{claim.key}** ({claim.source}): {claim.quote}")
+    counts = table["verdict"].value_counts()
+    unchecked = [claim.key for claim in claims if claim.key not in set(table["claim"])]
+    lines += [
+        "",
+        "Verdicts: " + ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS) + ".",
+        *(
+            [f"Not checked (no runs of their conditions): {', '.join(unchecked)}."]
+            if unchecked
+            else []
+        ),
+        "",
+        "| claim | dataset | train size | variation | width | statistic | estimate [95% interval] "
+        "| reproduced if | n | undefined (diverged) | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in table.itertuples(index=False):
+        interval = f"{_number(row.estimate)} [{_number(row.low)}, {_number(row.high)}]"
+        verdict = f"**{row.verdict}**" + (f": {row.reason}" if row.reason else "")
+        cells = [
+            row.claim,
+            dataset_label(row.dataset),
+            row.train_size or "–",
+            row.variation or "–",
+            row.width,
+            row.statistic,
+            interval,
+            row.threshold,
+            str(row.n),
+            f"{row.n_undefined} ({row.n_diverged})",
+            verdict,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    if table.empty:
+        lines.append("| no runs any claim is about | | | | | | | | | | |")
     return "\n".join(lines) + "\n"
 
 

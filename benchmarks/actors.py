@@ -26,8 +26,8 @@ from ray import tune
 
 from pipeline.config import TrialConfig
 from pipeline.train import run_trial
-from sweeps.cli import prepare_data
 from sweeps.grids import SMOKE_BASE
+from sweeps.preflight import prepare_data
 
 TINY = {
     "data.clutter_train_images": 512,

@@ -40,25 +40,18 @@ from typing import Any
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # the project's packages, also without an install
+from benchmarks.pack import packed_rate, packing_matches_separate
+from benchmarks.sharing import WorkerError, WorkerPool, WorkerSpec
+from benchmarks.train import random_cifar
+from models import ResNetConfig
+from pipeline.calibration import CALIBRATION_ENV, CALIBRATION_FORMAT, STEP_MODES, calibration_path
+from pipeline.config import TrialConfig
+from pipeline.train import build_trial, train_epoch
+from sweeps.grids import trial_configs
+from sweeps.resources import Resources, gpu_hours
+from vocabulary import IMAGE_SIZE
 
-from pack import packed_rate, packing_matches_separate  # noqa: E402
-from sharing import WorkerError, WorkerPool, WorkerSpec  # noqa: E402
-from train import random_cifar  # noqa: E402
-
-from models import ResNetConfig  # noqa: E402
-from models.resnet import IMAGE_SIZE  # noqa: E402
-from pipeline.calibration import (  # noqa: E402
-    CALIBRATION_ENV,
-    CALIBRATION_FORMAT,
-    calibration_path,
-)
-from pipeline.config import TrialConfig  # noqa: E402
-from pipeline.steps import STEP_MODES  # noqa: E402
-from pipeline.train import build_trial, train_epoch  # noqa: E402
-from sweeps.grids import trial_configs  # noqa: E402
-from sweeps.resources import Resources, gpu_hours  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent  # the checkout: its tests and launcher run here
 
 # Dense bf16 tensor-core peaks from NVIDIA's datasheets (TFLOP/s, without sparsity).
 PEAK_BF16_TFLOPS = (
@@ -90,12 +83,15 @@ class Size:
     pack_steps: int
 
 
-FULL = Size((8, 16, 32, 64), 16, 128, 4096, (1, 2, 4, 8, 16), (8, 16), (1, 4, 16), (8, 16), 3.0, 20)
-QUICK = Size((8,), 2, 16, 64, (1, 2), (8,), (1, 2), (8,), 1.0, 3)
+# The GPU run; --quick and every run without CUDA take the tiny one.
+FULL_SIZE = Size(
+    (8, 16, 32, 64), 16, 128, 4096, (1, 2, 4, 8, 16), (8, 16), (1, 4, 16), (8, 16), 3.0, 20
+)
+QUICK_SIZE = Size((8,), 2, 16, 64, (1, 2), (8,), (1, 2), (8,), 1.0, 3)
 
 
 @dataclass
-class Report:
+class Findings:
     """What the run found: one list of rows per section, failures, and the timing."""
 
     device: str
@@ -152,7 +148,7 @@ def training_flops_per_image(
 # --- 1. correctness ------------------------------------------------------------------------
 
 
-def run_cuda_tests(report: Report, out: Path) -> None:
+def run_cuda_tests(findings: Findings, out: Path) -> None:
     """Run the tests marked cuda with pytest in a child process; one row per test."""
     junit = out / "cuda_tests.xml"
     command = [
@@ -175,7 +171,7 @@ def run_cuda_tests(report: Report, out: Path) -> None:
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     (out / "cuda_tests.log").write_text(done.stdout + done.stderr)
     if not junit.exists():
-        report.fail(f"pytest of the cuda tests wrote no report (exit {done.returncode})")
+        findings.fail(f"pytest of the cuda tests wrote no report (exit {done.returncode})")
         return
     cases = ET.parse(junit).getroot().iter("testcase")
     count = 0
@@ -192,9 +188,9 @@ def run_cuda_tests(report: Report, out: Path) -> None:
                     else ""
                 )
         name = case.get("name", "?")
-        if outcome == "skipped" and report.device == "cpu":
+        if outcome == "skipped" and findings.device == "cpu":
             detail = "skipped: no CUDA"
-        report.add(
+        findings.add(
             "correctness",
             {
                 "test": name,
@@ -203,10 +199,10 @@ def run_cuda_tests(report: Report, out: Path) -> None:
                 "seconds": float(case.get("time", 0)),
             },
         )
-        if outcome in ("FAILED", "ERROR") or (outcome == "skipped" and report.device == "cuda"):
-            report.fail(f"cuda test {name}: {outcome} {detail}")
+        if outcome in ("FAILED", "ERROR") or (outcome == "skipped" and findings.device == "cuda"):
+            findings.fail(f"cuda test {name}: {outcome} {detail}")
     if count == 0:
-        report.fail("no cuda tests were collected")
+        findings.fail("no cuda tests were collected")
     print(f"correctness: {count} cuda tests in {time.perf_counter() - start:.0f} s", flush=True)
 
 
@@ -290,9 +286,9 @@ def mode_skip_reason(mode: str, device: torch.device, quick: bool) -> str | None
     return None
 
 
-def measure_throughput(report: Report, size: Size, device: torch.device, budget: float) -> str:
+def measure_throughput(findings: Findings, size: Size, device: torch.device, budget: float) -> str:
     """Measure every width x step mode; return the step mode chosen for CUDA."""
-    flops_name = report.gpu
+    flops_name = findings.gpu
     peak = peak_tflops(flops_name) if device.type == "cuda" else None
     speedups: dict[str, list[float]] = {mode: [] for mode in STEP_MODES}
     usable = {mode: True for mode in STEP_MODES}
@@ -305,11 +301,11 @@ def measure_throughput(report: Report, size: Size, device: torch.device, budget:
         eager_rate = None
         for mode in STEP_MODES:
             base = {"width": width, "mode": mode, "gflop_per_image": flops / 1e9}
-            reason = mode_skip_reason(mode, device, report.quick)
-            if reason is None and mode == "compile" and report.elapsed() > budget:
+            reason = mode_skip_reason(mode, device, findings.quick)
+            if reason is None and mode == "compile" and findings.elapsed() > budget:
                 reason = "skipped: time budget of the run used up"
             if reason is not None:
-                report.add("throughput", {**base, "status": reason})
+                findings.add("throughput", {**base, "status": reason})
                 usable[mode] = False
                 continue
             try:
@@ -317,7 +313,7 @@ def measure_throughput(report: Report, size: Size, device: torch.device, budget:
             except Exception as error:  # a mode that cannot run here is a finding, not a crash
                 if mode == "eager":
                     raise
-                report.add(
+                findings.add(
                     "throughput",
                     {**base, "status": f"error: {type(error).__name__}: {str(error)[:150]}"},
                 )
@@ -331,7 +327,7 @@ def measure_throughput(report: Report, size: Size, device: torch.device, budget:
             usable[mode] = usable[mode] and matches
             speedups[mode].append(row["images_per_second"] / eager_rate)
             achieved = row["images_per_second"] * flops / 1e12
-            report.add(
+            findings.add(
                 "throughput",
                 {
                     **base,
@@ -355,10 +351,10 @@ def measure_throughput(report: Report, size: Size, device: torch.device, budget:
     candidates = [m for m in STEP_MODES if usable[m] and len(speedups[m]) == len(size.widths)]
     chosen = max(candidates, key=lambda m: math.prod(speedups[m]) ** (1 / len(speedups[m])))
     if peak is None and device.type == "cuda":
-        report.notes.append(
-            f"{report.gpu}: no datasheet peak in PEAK_BF16_TFLOPS; % of peak left out"
+        findings.notes.append(
+            f"{findings.gpu}: no datasheet peak in PEAK_BF16_TFLOPS; % of peak left out"
         )
-    report.notes.append(
+    findings.notes.append(
         f"step mode chosen for CUDA: {chosen} (fastest geometric-mean speed-up over eager among "
         f"the modes that match eager at every width; candidates {candidates})"
     )
@@ -404,7 +400,7 @@ def mps_daemon(device: torch.device) -> Iterator[tuple[dict[str, str] | None, st
 
 
 def measure_sharing(
-    report: Report, size: Size, device: torch.device, step_mode: str, mps: bool, budget: float
+    findings: Findings, size: Size, device: torch.device, step_mode: str, mps: bool, budget: float
 ) -> dict[tuple[int, int], float]:
     """Return aggregate images/s by (width, processes); add rows to the sharing section."""
     label = "with MPS" if mps else "without MPS"
@@ -413,11 +409,11 @@ def measure_sharing(
     with context as (env, reason):
         if mps and env is None:
             for width in size.sharing_widths:
-                report.add("sharing", {"width": width, "mps": label, "status": reason})
+                findings.add("sharing", {"width": width, "mps": label, "status": reason})
             return rates
-        if report.elapsed() > budget:
+        if findings.elapsed() > budget:
             for width in size.sharing_widths:
-                report.add(
+                findings.add(
                     "sharing",
                     {
                         "width": width,
@@ -438,7 +434,7 @@ def measure_sharing(
                         rates[(width, count)] = measured["images_per_second"]
                         single = single or measured["images_per_second"]
                         if width in size.sharing_widths:
-                            report.add(
+                            findings.add(
                                 "sharing",
                                 {
                                     "width": width,
@@ -457,15 +453,15 @@ def measure_sharing(
                         )
         except WorkerError as error:
             if not mps:
-                report.fail(f"concurrent trial processes ({label}): {error}")
-            report.add(
+                findings.fail(f"concurrent trial processes ({label}): {error}")
+            findings.add(
                 "sharing", {"width": "-", "mps": label, "status": f"error: {str(error)[:200]}"}
             )
     return rates
 
 
 def measure_packing(
-    report: Report,
+    findings: Findings,
     size: Size,
     device: torch.device,
     separate: dict[tuple[int, int], float],
@@ -475,7 +471,7 @@ def measure_packing(
     rates = {}
     worst = max(packing_matches_separate(w, max(size.packs), 2, device) for w in size.pack_widths)
     if worst > 1e-4:
-        report.fail(f"packed network differs from separate ResNets by {worst:.2e}")
+        findings.fail(f"packed network differs from separate ResNets by {worst:.2e}")
     mode = step_mode if step_mode != "compile" else "eager"  # compiling K networks: not here
     for width in size.pack_widths:
         for packs in size.packs:
@@ -486,7 +482,7 @@ def measure_packing(
             )
             rates[(width, packs)] = measured["images_per_second"]
             processes = separate.get((width, packs))
-            report.add(
+            findings.add(
                 "packing",
                 {
                     "width": width,
@@ -530,10 +526,10 @@ def sample_utilisation(stop: threading.Event, samples: list[tuple[float, float]]
             samples.append((utilisation, memory))
 
 
-def run_launcher(report: Report, device: torch.device, out: Path) -> None:
+def run_launcher(findings: Findings, device: torch.device, out: Path) -> None:
     """Run `sweeps/launch.py smoke` on the GPU with fractional shares; check every run."""
     if device.type != "cuda":
-        report.add(
+        findings.add(
             "launcher", {"status": "skipped: no CUDA (make demo runs the smoke sweep on CPUs)"}
         )
         return
@@ -588,9 +584,9 @@ def run_launcher(report: Report, device: torch.device, out: Path) -> None:
         "max_utilisation": max((u for u, _ in samples), default=None),
         "max_memory_mib": max((m for _, m in samples), default=None),
     }
-    report.add("launcher", row)
+    findings.add("launcher", row)
     if row["status"] != "ok" or not gpu_ids:
-        report.fail(f"launcher smoke on the GPU: {row} (log: {out / 'launcher.log'})")
+        findings.fail(f"launcher smoke on the GPU: {row} (log: {out / 'launcher.log'})")
     shutil.rmtree(root, ignore_errors=True)
 
 
@@ -663,27 +659,29 @@ def strategy_rates(
     return strategies
 
 
-def project(report: Report, strategies) -> None:
+def project(findings: Findings, strategies) -> None:
     """Add paper_grid GPU-hours per strategy to the projection section."""
     configs = trial_configs("paper_grid")
     for name, (rates, shares, note) in strategies.items():
         resources = Resources(gpu_share=shares, use_gpus=True)
         hours = sum(gpu_hours(c, resources, rates) for c in configs)
-        report.add(
+        findings.add(
             "projection",
             {"strategy": name, "gpu_hours": hours, "trials": len(configs), "note": note},
         )
 
 
-def calibration_document(report: Report, step_mode: str, strategies, size: Size) -> dict[str, Any]:
+def calibration_document(
+    findings: Findings, step_mode: str, strategies, size: Size
+) -> dict[str, Any]:
     """Return the calibration JSON: the launcher's strategy (default shares) and the step mode."""
     key = "shared (launcher default shares)"
     rates, shares, note = strategies.get(key, strategies["one trial per GPU"])
     return {
         "format": CALIBRATION_FORMAT,
-        "device": report.device,
-        "quick": report.quick,
-        "gpu": report.gpu,
+        "device": findings.device,
+        "quick": findings.quick,
+        "gpu": findings.gpu,
         "measured_at": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "host": socket.gethostname(),
         "torch": torch.__version__,
@@ -720,25 +718,25 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def markdown(report: Report, document: dict[str, Any]) -> str:
-    """Return the report as markdown: a header, then one table per section."""
-    mode = "quick" if report.quick else "full"
-    result = "FAILED: " + "; ".join(report.failures) if report.failures else "all checks passed"
+def markdown(findings: Findings, document: dict[str, Any]) -> str:
+    """Return the findings as markdown: a header, then one table per section."""
+    mode = "quick" if findings.quick else "full"
+    result = "FAILED: " + "; ".join(findings.failures) if findings.failures else "all checks passed"
     lines = [
         "# make gpu-check",
         "",
-        f"- device: {report.device}, GPU: {report.gpu}, mode: {mode}",
+        f"- device: {findings.device}, GPU: {findings.gpu}, mode: {mode}",
         f"- torch {torch.__version__}, commit {document['git_commit'][:10]}, "
-        f"{document['measured_at']}, {report.elapsed():.0f} s",
+        f"{document['measured_at']}, {findings.elapsed():.0f} s",
         f"- result: {result}",
     ]
-    if report.device != "cuda":
+    if findings.device != "cuda":
         lines.append(
             "- no GPU was found: the CPU ran the quick checks; every GPU row says why it was "
             "skipped, and no number here is a GPU number"
         )
-    lines += [f"- {note}" for note in report.notes]
-    for section, rows in report.sections.items():
+    lines += [f"- {note}" for note in findings.notes]
+    for section, rows in findings.sections.items():
         rows = [{k: v for k, v in row.items() if k not in ("losses",)} for row in rows]
         columns = list(dict.fromkeys(k for row in rows for k in row))
         lines += [
@@ -768,7 +766,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--budget={args.budget}: must be > 0")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     quick = args.quick or device.type != "cuda"
-    report = Report(device.type, gpu_name(device), quick)
+    findings = Findings(device.type, gpu_name(device), quick)
     if device.type != "cuda":
         print(
             "no GPU found: running the quick checks on the CPU (no GPU number is measured)",
@@ -776,55 +774,55 @@ def main(argv: list[str] | None = None) -> int:
         )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    size = QUICK if quick else FULL
+    size = QUICK_SIZE if quick else FULL_SIZE
     torch.backends.cudnn.benchmark = device.type == "cuda"
     if device.type == "cpu":
         torch.set_num_threads(1)
 
-    run_cuda_tests(report, out)
+    run_cuda_tests(findings, out)
     # The budget bounds the optional parts only: compiling (tens of seconds per width) and MPS.
-    step_mode = measure_throughput(report, size, device, args.budget * 0.4)
+    step_mode = measure_throughput(findings, size, device, args.budget * 0.4)
     single = {
         row["width"]: row["images_per_second"]
-        for row in report.sections["throughput"]
+        for row in findings.sections["throughput"]
         if row["mode"] == step_mode and "images_per_second" in row
     }
-    shared = measure_sharing(report, size, device, step_mode, mps=False, budget=math.inf)
-    packed = measure_packing(report, size, device, shared, step_mode)
-    run_launcher(report, device, out)
-    with_mps = measure_sharing(report, size, device, step_mode, mps=True, budget=args.budget - 90)
+    shared = measure_sharing(findings, size, device, step_mode, mps=False, budget=math.inf)
+    packed = measure_packing(findings, size, device, shared, step_mode)
+    run_launcher(findings, device, out)
+    with_mps = measure_sharing(findings, size, device, step_mode, mps=True, budget=args.budget - 90)
     strategies = strategy_rates(single, shared, with_mps, packed, size)
-    project(report, strategies)
+    project(findings, strategies)
     if device.type != "cuda":
-        report.notes.append(
+        findings.notes.append(
             "projection: from CPU quick rates of a tiny network; it exercises the code and "
             "estimates nothing"
         )
-    document = calibration_document(report, step_mode, strategies, size)
+    document = calibration_document(findings, step_mode, strategies, size)
     (out / "calibration.json").write_text(json.dumps(document, indent=2) + "\n")
-    if device.type == "cuda" and not quick and not report.failures:
+    if device.type == "cuda" and not quick and not findings.failures:
         target = calibration_path()
         target.write_text(json.dumps(document, indent=2) + "\n")
-        report.notes.append(
+        findings.notes.append(
             f"calibration written to {target} (${CALIBRATION_ENV} chooses another file)"
         )
     else:
-        report.notes.append(
+        findings.notes.append(
             "calibration: not installed (only a full GPU run without failures installs it); "
             f"see {out / 'calibration.json'}"
         )
-    table = markdown(report, document)
+    table = markdown(findings, document)
     (out / "gpu_check.md").write_text(table)
     (out / "gpu_check.json").write_text(
         json.dumps(
             {
-                "device": report.device,
-                "gpu": report.gpu,
+                "device": findings.device,
+                "gpu": findings.gpu,
                 "quick": quick,
-                "seconds": report.elapsed(),
-                "failures": report.failures,
-                "notes": report.notes,
-                "sections": _plain(report.sections),
+                "seconds": findings.elapsed(),
+                "failures": findings.failures,
+                "notes": findings.notes,
+                "sections": _plain(findings.sections),
                 "calibration": document,
             },
             indent=2,
@@ -832,7 +830,7 @@ def main(argv: list[str] | None = None) -> int:
         + "\n"
     )
     print(table)
-    return 1 if report.failures else 0
+    return 1 if findings.failures else 0
 
 
 def _plain(value: Any) -> Any:

@@ -210,7 +210,7 @@ def _synchronise(device: torch.device) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Check the packing, then print packed images/s against K separate processes."""
-    from sharing import WorkerPool, WorkerSpec
+    from benchmarks.sharing import WorkerPool, WorkerSpec
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")

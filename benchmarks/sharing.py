@@ -37,8 +37,8 @@ class WorkerSpec:
 def _build(spec: WorkerSpec, width: int, seed: int):
     """Return a trial of this width on random CIFAR-format data, warmed up."""
     import torch
-    from train import random_cifar  # benchmarks/train.py
 
+    from benchmarks.train import random_cifar
     from pipeline.config import TrialConfig
     from pipeline.train import build_trial
 

@@ -46,7 +46,7 @@ def plain(trial: Trial) -> Trial:
     """Return the trial switched to fp32 with contiguous weights and batches (the plain way)."""
     trial.model.to(memory_format=torch.contiguous_format)
     trial.train_loader.memory_format = torch.contiguous_format
-    trial.mixed_precision = trial.step.mixed_precision = False
+    trial.step.mixed_precision = False
     return trial
 
 

@@ -1,7 +1,6 @@
 """ResNets whose stages run block schedules: ordinary, ICR and PCR blocks."""
 
 from models.resnet import (
-    IMAGE_SIZE,
     ResidualBlock,
     ResNet,
     ResNetConfig,
@@ -13,7 +12,6 @@ from models.resnet import (
 )
 
 __all__ = [
-    "IMAGE_SIZE",
     "ResNet",
     "ResNetConfig",
     "ResidualBlock",

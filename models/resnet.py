@@ -11,12 +11,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.checked import Checked
 from models.spectral import SpectralBound, batchnorm_scale, batchnorm_with_scale
-from vocabulary import BLOCK_TYPES, CONVERGENT_BLOCKS
+from models.torchvision_resnet import (
+    TorchvisionResNet,
+    build_torchvision_model,
+    torchvision_parameter_count,
+)
+from models.typed_fields import Checked
+from vocabulary import ARCHS, BLOCK_TYPES, CONVERGENT_BLOCKS, CONVERGENT_MU, IMAGE_SIZE, PREACT
 
 NUM_STAGES = 3
-IMAGE_SIZE = 32  # input height = width in pixels (MNIST is padded to 32)
+# Parameters that every residual block holds at the same position (BN buffers are not coupled).
+BLOCK_PARAMETERS = (
+    "conv1.weight",
+    "conv2.weight",
+    "bn1.weight",
+    "bn1.bias",
+    "bn2.weight",
+    "bn2.bias",
+)
 
 
 @dataclass(frozen=True)
@@ -28,9 +41,10 @@ class ResNetConfig(Checked):
     width: int = 16  # channels of stage 1; stages 2 and 3 use 2x and 4x
     blocks_per_stage: int = 16  # N residual blocks per stage
     block: str = "ordinary"  # "ordinary" z + f(z), "icr" z + f~(z), "pcr" x + f~(z)
-    mu: float = 0.95  # Lipschitz cap of f~ for ICR and PCR blocks, in (0, 1]
+    mu: float = CONVERGENT_MU  # Lipschitz cap of f~ for ICR and PCR blocks, in (0, 1]
     recurrent_init: bool = False  # every block of a stage starts as a copy of block 0
     bn_gamma_init: float = 1.0  # initial BN gamma inside the blocks (paper S4a: 0.1)
+    arch: str = PREACT  # "preact" (this network) or "torchvision-resnet18", ... (docs/measure.md)
 
     def check(self) -> None:
         """Raise ValueError naming the first field whose value is not allowed."""
@@ -39,6 +53,28 @@ class ResNetConfig(Checked):
         self.require("mu", 0 < self.mu <= 1, "must be in (0, 1]")
         gamma_ok = math.isfinite(self.bn_gamma_init) and self.bn_gamma_init > 0
         self.require("bn_gamma_init", gamma_ok, "must be a finite number > 0")
+        self.require("arch", self.arch in ARCHS, f"allowed are {ARCHS}")
+        if self.arch != PREACT:
+            self.check_torchvision()
+
+    def check_torchvision(self) -> None:
+        """Refuse the keys of this pre-activation ResNet that a torchvision ResNet lacks."""
+        # torchvision fixes widths and blocks; recurrent_init and bn_gamma_init act on its
+        # shape-preserving blocks. A silently ignored key would label runs wrongly.
+        self.require(
+            "block",
+            self.block == "ordinary",
+            "spectral normalisation is specific to the project's pre-activation blocks: "
+            f"model.arch={self.arch!r} allows only 'ordinary'",
+        )
+        for name in ("width", "blocks_per_stage"):
+            default = type(self).__dataclass_fields__[name].default
+            self.require(
+                name,
+                getattr(self, name) == default,
+                f"does not apply to model.arch={self.arch!r} (torchvision fixes its widths and "
+                f"blocks): leave it at {default}",
+            )
 
 
 def _conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -54,7 +90,7 @@ class ResidualBlock(nn.Module):
         spatial_size: int,
         normalised: bool = False,
         proper: bool = False,
-        mu: float = 0.95,
+        mu: float = CONVERGENT_MU,
     ) -> None:
         super().__init__()
         if proper and not normalised:
@@ -228,6 +264,30 @@ class ResNet(nn.Module):
             h = self.transitions[stage_index - 1](h)
         return self.stages[stage_index](h, schedule)
 
+    # The models.staged.StagedNetwork protocol: what the curves and the coupling act on.
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the stem's output."""
+        return self.stem(x)
+
+    def stage_blocks(self) -> list[list[nn.Module]]:
+        """Return each stage's residual blocks (the transitions sit between the stages)."""
+        return [list(stage.blocks) for stage in self.stage_modules()]
+
+    def block_parameters(self) -> tuple[str, ...]:
+        """Return the parameters every residual block holds at the same position."""
+        return BLOCK_PARAMETERS
+
+    def forward_transition(self, stage: int, h: torch.Tensor) -> torch.Tensor:
+        """Return stage `stage`'s input: the previous stage's output after its transition."""
+        return self.transitions[stage - 1](h) if stage > 0 else h
+
+    def forward_block(
+        self, stage: int, block: int, z: torch.Tensor, x: torch.Tensor
+    ) -> torch.Tensor:
+        """Return block `block` of stage `stage` applied to z (x: the stage input, for PCR)."""
+        return typing.cast(Stage, self.stages[stage]).blocks[block](z, x)
+
     def forward_from(self, stage_index: int, h: torch.Tensor) -> torch.Tensor:
         """Return the logits given the output h of stage `stage_index` (-1: of the stem)."""
         for s in range(stage_index + 1, NUM_STAGES):
@@ -263,8 +323,12 @@ class ResNet(nn.Module):
         return self.forward_head(self.forward_features(x, schedules))
 
 
-def build_model(cfg: ResNetConfig, in_channels: int = 3, num_classes: int = 10) -> ResNet:
-    """Return a freshly initialised ResNet for `cfg` on these input channels and classes."""
+def build_model(
+    cfg: ResNetConfig, in_channels: int = 3, num_classes: int = 10
+) -> ResNet | TorchvisionResNet:
+    """Return a freshly initialised network for `cfg` (model.arch) on these channels and classes."""
+    if cfg.arch != PREACT:
+        return build_torchvision_model(cfg, in_channels, num_classes)
     return ResNet(cfg, in_channels, num_classes)
 
 
@@ -296,7 +360,9 @@ def converge_power_iteration(
 
 
 def parameter_count(cfg: ResNetConfig, in_channels: int = 3, num_classes: int = 10) -> int:
-    """Return the number of trainable parameters of `build_model(cfg, ...)` by formula."""
+    """Return the trainable parameters of `build_model(cfg, ...)`: by formula, or torchvision's."""
+    if cfg.arch != PREACT:
+        return torchvision_parameter_count(cfg.arch, in_channels, num_classes)
     w, n = cfg.width, cfg.blocks_per_stage
     count = 9 * in_channels * w  # stem
     for s in range(NUM_STAGES):

@@ -18,7 +18,8 @@ from typing import Any
 CALIBRATION_ENV = "ITERCONV_CALIBRATION"
 DEFAULT_CALIBRATION = Path(__file__).with_name("calibration.json")
 CALIBRATION_FORMAT = 1
-STEP_MODES = ("eager", "compile", "cuda_graph")  # as pipeline.steps.STEP_MODES
+# The execution modes of pipeline/steps.py, here so that this torch-free module can check them.
+STEP_MODES = ("eager", "compile", "cuda_graph")
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models import ResNetConfig
-from models.checked import Checked, allowed_types, coerce, type_names
+from models.torchvision_resnet import stage_block_counts, torchvision_name
+from models.typed_fields import Checked, allowed_types, coerce, type_names
 from pipeline.tasks import Task, task_for
-from vocabulary import DATASETS, DEVICES, INPUT_CHANNELS, KERNELS
+from vocabulary import CLUTTER_IMAGES, DATASETS, DEVICES, INPUT_CHANNELS, KERNELS, PREACT
 
 MAX_SEED = 2**32 - 1  # NumPy's np.random.seed accepts 0..2**32 - 1
+MIN_EXTRA_EVALUATIONS = 1  # K: the Divergence Index is a mean over k = 1..K
+
+
+def check_extra_evaluations(k: Any, key: str = "run.extra_evaluations") -> None:
+    """Raise ValueError unless K, the extra applications of the last block, is an int >= 1."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < MIN_EXTRA_EVALUATIONS:
+        raise ValueError(f"{key}={k!r}: must be an integer >= {MIN_EXTRA_EVALUATIONS}")
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,12 @@ class CouplingSection(Checked):
         )
         self.require("bandwidth", bandwidth_ok, "must be None or a number > 0")
         self.require("first_coupled", self.first_coupled >= 0, "must be an integer >= 0")
+
+    def check_first_coupled(self, num_blocks: int, allowed: str) -> None:
+        """Raise ValueError "coupling.first_coupled=k: allowed" unless k is one of N blocks."""
+        # The upper end needs N, which the section alone does not know: the config and the
+        # coupler each pass theirs, with the words that name where N came from.
+        self.require("first_coupled", self.first_coupled < num_blocks, allowed)
 
 
 @dataclass(frozen=True)
@@ -83,8 +97,8 @@ class DataSection(Checked):
     download: bool = False  # let torchvision download missing files
     train_size: int | None = None  # seeded subset of the training split in images; None: all
     index_examples: int | None = None  # test images for the indices (seeded subset); None: all
-    clutter_train_images: int = 100_000  # Digitclutter training images generated
-    clutter_test_images: int = 10_000  # Digitclutter test images generated
+    clutter_train_images: int = CLUTTER_IMAGES["train"]  # Digitclutter training images generated
+    clutter_test_images: int = CLUTTER_IMAGES["test"]  # Digitclutter test images generated
 
     def check(self) -> None:
         """Raise ValueError naming the first field whose value is not allowed."""
@@ -111,7 +125,8 @@ class RunSection(Checked):
         # NumPy's seed is 32-bit: a larger one would fail in every trial.
         self.require("seed", 0 <= self.seed <= MAX_SEED, f"allowed are 0..{MAX_SEED}")
         self.require("device", self.device in DEVICES, f"allowed are {DEVICES}")
-        self.require_positive("extra_evaluations", "threads")
+        check_extra_evaluations(self.extra_evaluations)
+        self.require_positive("threads")
 
 
 # Keys that say where and how a trial runs, not what it computes: two runs that differ only
@@ -179,15 +194,23 @@ class TrialConfig:
         self.model.require(
             "blocks_per_stage", n >= 2, "must be an integer >= 2 (the indices compare blocks)"
         )
-        self.coupling.require(
-            "first_coupled",
-            self.coupling.first_coupled < n,
-            f"must be in 0..{n - 1} (model.blocks_per_stage={n})",
-        )
+        if self.model.arch == PREACT:
+            self.coupling.check_first_coupled(
+                n, f"must be in 0..{n - 1} (model.blocks_per_stage={n})"
+            )
+        else:
+            # torchvision fixes the blocks: its smallest stage bounds the uncoupled ones.
+            counts = stage_block_counts(torchvision_name(self.model.arch))
+            self.coupling.check_first_coupled(
+                min(counts),
+                f"must be in 0..{min(counts) - 1} (the stages of model.arch="
+                f"{self.model.arch!r} have {list(counts)} blocks)",
+            )
 
     def identity(self) -> tuple[tuple[str, Any], ...]:
-        """Return what makes two trials the same: every flat key but RUN_LOCAL_KEYS."""
-        return tuple((k, v) for k, v in self.to_flat_dict().items() if k not in RUN_LOCAL_KEYS)
+        """Return what makes two trials the same: the values of identity_keys(), in order."""
+        flat = self.to_flat_dict()
+        return tuple((key, flat[key]) for key in identity_keys())
 
     def _section_flat(self, section: str) -> dict[str, Any]:
         value = getattr(self, section)
@@ -226,6 +249,11 @@ class TrialConfig:
 def flat_keys() -> list[str]:
     """Return every flat key ("model.width", ...) in section and field order."""
     return list(TrialConfig().to_flat_dict())
+
+
+def identity_keys() -> list[str]:
+    """Return the flat keys that make a trial's identity: every flat key but RUN_LOCAL_KEYS."""
+    return [key for key in flat_keys() if key not in RUN_LOCAL_KEYS]
 
 
 def parse_value(key: str, text: str) -> Any:
@@ -276,7 +304,9 @@ __all__ = [
     "RunSection",
     "TrialConfig",
     "apply_overrides",
+    "check_extra_evaluations",
     "flat_keys",
+    "identity_keys",
     "network_shape",
     "parse_overrides",
     "parse_value",

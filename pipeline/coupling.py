@@ -6,9 +6,13 @@ stage share by position is pulled towards a kernel-weighted mean over the blocks
     g_t <- (1 - coupling) * g_t + coupling * sum_u K[t,u] g_u / sum_u K[t,u]
 
 This is linear in the stacked gradients, so it is one matrix product with a fixed mixing
-matrix M = (1 - coupling) I + coupling * K / rowsum(K). All stages have the same N, so the
-gradients of every stage and every position are laid side by side in one [N, P] matrix and
-mixed by a single matmul.
+matrix M = (1 - coupling) I + coupling * K / rowsum(K). Stages with the same N (all stages of
+the project's ResNet) lay the gradients of every stage and every position side by side in one
+[N, P] matrix, mixed by a single matmul; a network whose stages differ in N (a torchvision
+ResNet: resnet50 has 2, 3, 5, 2 shape-preserving blocks) gets one such product per N.
+
+The model is any `models.staged.StagedNetwork`: its `stage_blocks()` are the coupled blocks and
+its `block_parameters()` the positions they share.
 """
 
 from __future__ import annotations
@@ -16,17 +20,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models.resnet import BLOCK_PARAMETERS  # re-exported: the project ResNet's positions
+from models.staged import as_staged, block_counts
 from pipeline.config import CouplingSection
-
-# Parameters that every residual block holds at the same position (BN buffers are not coupled).
-BLOCK_PARAMETERS = (
-    "conv1.weight",
-    "conv2.weight",
-    "bn1.weight",
-    "bn1.bias",
-    "bn2.weight",
-    "bn2.bias",
-)
 
 
 def coupling_kernel(
@@ -59,26 +55,16 @@ def mixing_matrix(
     return mixing
 
 
-class GradientCoupler:
-    """Rewrites the blocks' gradients in place: `coupler.apply()` after backward, before step."""
+class _Group:
+    """The stages of one N: their mixing matrix and, per coupled block, its parameters."""
 
-    def __init__(self, model: nn.Module, settings: CouplingSection) -> None:
-        stages = getattr(model, "stages", None)
-        if stages is None or len(stages) == 0:
-            raise ValueError(f"model {type(model).__name__}: needs .stages with .blocks to couple")
-        sizes = sorted({len(stage.blocks) for stage in stages})
-        if len(sizes) != 1:
-            raise ValueError(f"stages have {sizes} blocks: coupling needs the same N in each")
-        num_blocks = sizes[0]
-        # The settings checked their own ranges; only the model can say how many blocks exist.
-        first_coupled = settings.first_coupled
-        if first_coupled >= num_blocks:
-            raise ValueError(
-                f"coupling.first_coupled={first_coupled}: allowed is 0..{num_blocks - 1} "
-                f"for a model of {num_blocks} blocks per stage"
-            )
-        self.coupling = settings.lam
-        self.num_blocks = num_blocks
+    def __init__(
+        self,
+        stages: list[list[nn.Module]],
+        names: tuple[str, ...],
+        settings: CouplingSection,
+    ) -> None:
+        num_blocks, first_coupled = len(stages[0]), settings.first_coupled
         # Only the coupled rows need mixing; uncoupled blocks are never touched, so their
         # gradients stay bit-identical.
         full = mixing_matrix(
@@ -88,13 +74,9 @@ class GradientCoupler:
         self._mixing_cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
         # rows[c] = the parameters of coupled block first_coupled + c in one fixed order
         # (stage, position), so that row c of the stacked [N, P] gradients is that block's.
-        coupled_blocks = [stage.blocks[first_coupled:] for stage in stages]
+        coupled_blocks = [blocks[first_coupled:] for blocks in stages]
         self.rows: list[list[nn.Parameter]] = [
-            [
-                blocks[c].get_parameter(name)
-                for blocks in coupled_blocks
-                for name in BLOCK_PARAMETERS
-            ]
+            [blocks[c].get_parameter(name) for blocks in coupled_blocks for name in names]
             for c in range(num_blocks - first_coupled)
         ]
 
@@ -104,11 +86,10 @@ class GradientCoupler:
             self._mixing_cache[key] = self.mixing.to(device=reference.device, dtype=reference.dtype)
         return self._mixing_cache[key]
 
-    @torch.no_grad()
     def apply(self) -> None:
         """Replace each coupled block's gradient by its row of M times the stacked gradients."""
-        if self.coupling == 0.0 or len(self.rows) < 2:
-            return  # nothing to mix: leave every gradient bit-identical
+        if len(self.rows) < 2:
+            return  # one coupled block: nothing to mix
         if all(p.grad is None for row in self.rows for p in row):
             return
         # A missing gradient (a block unused in this step) counts as zero in the mean; the block
@@ -126,6 +107,42 @@ class GradientCoupler:
         torch._foreach_copy_(_views(stacked, grads, sizes), flat_grads)
         mixed = self._mixing_for(stacked) @ stacked
         torch._foreach_copy_(flat_grads, _views(mixed, grads, sizes))
+
+
+class GradientCoupler:
+    """Rewrites the blocks' gradients in place: `coupler.apply()` after backward, before step."""
+
+    def __init__(self, model: nn.Module, settings: CouplingSection) -> None:
+        network = as_staged(model, "gradient coupling")
+        stages = [list(blocks) for blocks in network.stage_blocks()]
+        sizes = block_counts(network)
+        if not stages or min(sizes) == 0:
+            raise ValueError(
+                f"model {type(model).__name__} has stages of {sizes} blocks: none to couple"
+            )
+        # The settings checked their own ranges; only the model can say how many blocks exist.
+        if len(set(sizes)) == 1:
+            allowed = f"allowed is 0..{sizes[0] - 1} for a model of {sizes[0]} blocks per stage"
+        else:
+            allowed = (
+                f"allowed is 0..{min(sizes) - 1}: this model's stages have {sizes} blocks, "
+                "and every stage needs a coupled block"
+            )
+        settings.check_first_coupled(min(sizes), allowed)
+        self.coupling = settings.lam
+        names = network.block_parameters()
+        self.groups = [
+            _Group([blocks for blocks in stages if len(blocks) == n], names, settings)
+            for n in sorted(set(sizes))
+        ]
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        """Replace each coupled block's gradient by its row of M times the stacked gradients."""
+        if self.coupling == 0.0:
+            return  # nothing to mix: leave every gradient bit-identical
+        for group in self.groups:
+            group.apply()
 
 
 def _views(

@@ -29,12 +29,11 @@ import torch.nn.functional as F
 
 from pipeline import digitclutter
 from pipeline.tasks import Task, task_for
+from vocabulary import CLUTTER_IMAGES, IMAGE_SIZE
 
 SPLITS = ("train", "test")
-IMAGE_SIZE = 32  # px, every dataset's input side
 MNIST_PAD = 2  # px of zeros on each side: 28 -> 32
 CROP_PADDING = 4  # px of zero padding before the random 32x32 crop (CIFAR augmentation)
-CLUTTER_IMAGES = {"train": 100_000, "test": 10_000}  # paper-scale Digitclutter sets
 # The layout of every batch and of the weights a trial trains: oneDNN's and cuDNN's fast one
 # (benchmarks/train.py prints the ratio to contiguous batches and weights).
 MEMORY_FORMAT = torch.channels_last

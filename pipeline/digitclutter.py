@@ -33,11 +33,12 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from vocabulary import IMAGE_SIZE
+
 log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = "dc1"  # bump when rendering changes: it is part of every cache file's name
 CANVAS_SIZE = 512  # px, the rendering resolution
-IMAGE_SIZE = 32  # px, after block averaging
 BLOCK = CANVAS_SIZE // IMAGE_SIZE  # 16 px per output pixel
 BACKGROUND = 119  # grey level of the canvas
 FONT_SIZE = 384  # px

@@ -1,18 +1,20 @@
 """Perturbation curves and iterative convergence indices (docs/method.md).
 
-For each stage s (1..3) of a network with N blocks per stage:
+For each stage s (1..3 for the project's ResNet) with N_s blocks:
 
-- read-out curve r_s(t), t = 1..N: stage s runs blocks 1..t only;
-- drop-out curve d_s(t), t = 1..N: stage s skips block t;
+- read-out curve r_s(t), t = 1..N_s: stage s runs blocks 1..t only;
+- drop-out curve d_s(t), t = 1..N_s: stage s skips block t;
 - extra-evaluation curve x_s(k), k = 0..K: stage s applies its last block k more times.
 
-Steps are 1-indexed as in the paper; step t is block t - 1 of the model. Every perturbation is
-a schedule of `ResNet.forward`, so `naive_perturbation_curves` runs one full forward pass per
-perturbation. `perturbation_curves` gives the same error counts with far less work: it runs the
-network once per batch, keeps every stage's input and block outputs, starts each perturbation
-where it departs from the unperturbed pass and, on a GPU, sends many perturbed states through
-the rest of the network in one concatenated batch (BN in evaluation mode acts per example, so
-stacking branches along the batch changes nothing but float reduction order).
+Steps are 1-indexed as in the paper; step t is block t - 1 of the model. The network is any
+`models.staged.StagedNetwork` (the project's ResNet, or a torchvision ResNet through
+`models.torchvision_resnet`); every perturbation is a schedule of its forward pass, so
+`naive_perturbation_curves` runs one full forward pass per perturbation. `perturbation_curves`
+gives the same error counts with far less work: it runs the network once per batch, keeps every
+stage's input and block outputs, starts each perturbation where it departs from the unperturbed
+pass and, on a GPU, sends many perturbed states through the rest of the network in one
+concatenated batch (BN in evaluation mode acts per example, so stacking branches along the
+batch changes nothing but float reduction order).
 
 ICR and PCR blocks use their stored power-iteration vectors as they are: call
 `models.converge_power_iteration(model)` before computing curves (the trainer does).
@@ -29,12 +31,14 @@ import pandas as pd
 import torch
 from torch import nn
 
-from models.resnet import NUM_STAGES, ResNet
+from models.resnet import NUM_STAGES
+from models.staged import StagedNetwork, as_staged, block_counts
+from pipeline.config import check_extra_evaluations
 from pipeline.tasks import Task
 from vocabulary import CURVE_COLUMNS, INDEX_NAMES
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
-Key = tuple[int, str, int]  # (stage 0..2, curve, step)
+Key = tuple[int, str, int]  # (stage from 0, curve, step)
 
 
 def perturbation_schedules(
@@ -66,16 +70,14 @@ def _evaluation(model: nn.Module) -> Iterator[None]:
             module.training = training
 
 
-def _check_arguments(model: nn.Module, extra_evaluations: int) -> tuple[ResNet, int]:
-    """Return the ResNet (unwrapped from torch.compile) and its N, or raise ValueError."""
-    model = getattr(model, "_orig_mod", model)
-    if not isinstance(model, ResNet):
-        raise ValueError(f"model of type {type(model).__name__}: perturbation curves need a ResNet")
-    if isinstance(extra_evaluations, bool) or not isinstance(extra_evaluations, int):
-        raise ValueError(f"extra_evaluations={extra_evaluations!r}: allowed is an integer >= 0")
-    if extra_evaluations < 0:
-        raise ValueError(f"extra_evaluations={extra_evaluations!r}: allowed is an integer >= 0")
-    return model, model.cfg.blocks_per_stage
+def _check_arguments(
+    model: nn.Module, extra_evaluations: int
+) -> tuple[nn.Module, StagedNetwork, list[int]]:
+    """Return the module (unwrapped from torch.compile), it as a staged network, and N_s."""
+    module = getattr(model, "_orig_mod", model)
+    network = as_staged(module, "perturbation curves")
+    check_extra_evaluations(extra_evaluations, "extra_evaluations")
+    return module, network, block_counts(network)
 
 
 def _on_device(
@@ -86,37 +88,37 @@ def _on_device(
 
 
 def _curves_frame(
-    counts: dict[Key, torch.Tensor], examples: int, num_blocks: int, extra_evaluations: int
+    counts: dict[Key, torch.Tensor], examples: int, blocks: list[int], extra_evaluations: int
 ) -> pd.DataFrame:
-    """Return the long table stage (1..3), curve, step, error from per-key wrong counts."""
+    """Return the long table stage (from 1), curve, step, error from per-key wrong counts."""
     if examples == 0:
         raise ValueError("batches held no examples: cannot compute perturbation curves")
     rows = [
         (s + 1, curve, step, int(counts[(s, curve, step)]) / examples)
-        for s in range(NUM_STAGES)
+        for s, num_blocks in enumerate(blocks)
         for curve, step, _ in perturbation_schedules(num_blocks, extra_evaluations)
     ]
     return pd.DataFrame(rows, columns=list(CURVE_COLUMNS))
 
 
 def naive_perturbation_curves(
-    model: ResNet, batches: Batches, task: Task, extra_evaluations: int = 16
+    model: nn.Module, batches: Batches, task: Task, extra_evaluations: int = 16
 ) -> pd.DataFrame:
     """Return the perturbation curves by one full forward pass per perturbation (reference)."""
-    model, num_blocks = _check_arguments(model, extra_evaluations)
-    device = next(model.parameters()).device
-    schedules = perturbation_schedules(num_blocks, extra_evaluations)
+    module, network, blocks = _check_arguments(model, extra_evaluations)
+    device = next(module.parameters()).device
+    schedules = [perturbation_schedules(n, extra_evaluations) for n in blocks]
     counts: dict[Key, torch.Tensor] = {}
     examples = 0
-    with _evaluation(model):
+    with _evaluation(module):
         for batch in batches:
             inputs, targets = _on_device(batch, device)
             examples += len(inputs)
-            for s in range(NUM_STAGES):
-                for curve, step, schedule in schedules:
-                    wrong = task.wrong(model(inputs, {s: schedule}), targets).sum()
+            for s, stage_schedules in enumerate(schedules):
+                for curve, step, schedule in stage_schedules:
+                    wrong = task.wrong(network(inputs, {s: schedule}), targets).sum()
                     _count(counts, (s, curve, step), wrong)
-    return _curves_frame(counts, examples, num_blocks, extra_evaluations)
+    return _curves_frame(counts, examples, blocks, extra_evaluations)
 
 
 class _BranchBatch:
@@ -124,7 +126,7 @@ class _BranchBatch:
 
     def __init__(
         self,
-        model: ResNet,
+        model: StagedNetwork,
         stage_index: int,
         task: Task,
         targets: torch.Tensor,
@@ -167,18 +169,21 @@ def _count(counts: dict[Key, torch.Tensor], key: Key, wrong: torch.Tensor) -> No
     counts[key] = counts[key] + wrong if key in counts else wrong
 
 
-def _stage_pass(model: ResNet, s: int, h: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def _stage_pass(
+    network: StagedNetwork, s: int, num_blocks: int, h: torch.Tensor
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Return stage s's input (after its transition) and the output of each of its blocks."""
-    x = model.transitions[s - 1](h) if s > 0 else h
+    x = network.forward_transition(s, h)
     outputs, z = [], x
-    for block in model.stage_modules()[s].blocks:
-        z = block(z, x)
+    for t in range(num_blocks):
+        z = network.forward_block(s, t, z, x)
         outputs.append(z)
     return x, outputs
 
 
 def _dropout_states(
-    blocks: nn.ModuleList,
+    network: StagedNetwork,
+    s: int,
     stage_input: torch.Tensor,
     outputs: list[torch.Tensor],
     group: int,
@@ -187,7 +192,7 @@ def _dropout_states(
     # Branch b starts from the state before block b and then needs blocks b+1..N-1. Branches
     # b < j all need block j, so a group of branches advances as one batch: branch j-1 joins
     # just before block j is applied.
-    num_blocks = len(blocks)
+    num_blocks = len(outputs)
     batch_size = len(stage_input)
     for first in range(0, num_blocks - 1, group):
         last = min(first + group, num_blocks - 1)  # branches first..last-1
@@ -198,7 +203,7 @@ def _dropout_states(
                 joining = outputs[j - 2] if j >= 2 else stage_input
                 states = joining if states is None else torch.cat([states, joining])
             assert states is not None
-            states = blocks[j](states, repeated_input[: len(states)])
+            states = network.forward_block(s, j, states, repeated_input[: len(states)])
         assert states is not None
         for i, state in enumerate(states.split(batch_size)):
             yield first + i, state
@@ -213,7 +218,7 @@ def default_branch_examples(device: torch.device) -> int:
 
 
 def perturbation_curves(
-    model: ResNet,
+    model: nn.Module,
     batches: Batches,
     task: Task,
     extra_evaluations: int = 16,
@@ -221,8 +226,8 @@ def perturbation_curves(
     max_branch_examples: int | None = None,
 ) -> pd.DataFrame:
     """Return the read-out, drop-out and extra-evaluation error curves of every stage."""
-    model, num_blocks = _check_arguments(model, extra_evaluations)
-    device = next(model.parameters()).device
+    module, network, blocks = _check_arguments(model, extra_evaluations)
+    device = next(module.parameters()).device
     if max_branch_examples is None:
         max_branch_examples = default_branch_examples(device)
     if (
@@ -233,41 +238,40 @@ def perturbation_curves(
         raise ValueError(f"max_branch_examples={max_branch_examples!r}: allowed is an int >= 1")
     counts: dict[Key, torch.Tensor] = {}
     examples = 0
-    with _evaluation(model):
+    with _evaluation(module):
         for batch in batches:
             inputs, targets = _on_device(batch, device)
             examples += len(inputs)
             group = max(1, max_branch_examples // len(inputs))
             # Each stage's perturbations run as soon as its blocks have, so only one stage's
             # block outputs (N states of the batch) are held at a time.
-            h = model.stem(inputs)
-            for s, stage in enumerate(model.stage_modules()):
-                stage_input, outputs = _stage_pass(model, s, h)
-                pending = _BranchBatch(model, s, task, targets, counts, max_branch_examples)
-                _queue_branches(
-                    pending, stage.blocks, stage_input, outputs, extra_evaluations, group
-                )
+            h = network.forward_stem(inputs)
+            for s, num_blocks in enumerate(blocks):
+                stage_input, outputs = _stage_pass(network, s, num_blocks, h)
+                pending = _BranchBatch(network, s, task, targets, counts, max_branch_examples)
+                _queue_branches(pending, network, s, stage_input, outputs, extra_evaluations, group)
                 pending.flush()
                 h = outputs[-1]
                 del stage_input, outputs
-            final_wrong = task.wrong(model.forward_head(h), targets).sum()
-            for s in range(NUM_STAGES):
+            final_wrong = task.wrong(network.forward_head(h), targets).sum()
+            for s, num_blocks in enumerate(blocks):
                 # The unperturbed pass is r_s(N) and x_s(0) of every stage.
                 _count(counts, (s, "readout", num_blocks), final_wrong)
                 _count(counts, (s, "extra", 0), final_wrong)
-    return _curves_frame(counts, examples, num_blocks, extra_evaluations)
+    return _curves_frame(counts, examples, blocks, extra_evaluations)
 
 
 def _queue_branches(
     pending: _BranchBatch,
-    blocks: nn.ModuleList,
+    network: StagedNetwork,
+    s: int,
     stage_input: torch.Tensor,
     outputs: list[torch.Tensor],
     extra_evaluations: int,
     group: int,
 ) -> None:
     """Queue every perturbed output of one stage but the unperturbed one."""
-    num_blocks = len(blocks)
+    num_blocks = len(outputs)
     # Skipping the last block leaves the state of r_s(N-1), so d_s(N) shares that branch.
     if num_blocks >= 2:
         for t in range(1, num_blocks - 1):
@@ -275,11 +279,11 @@ def _queue_branches(
         pending.add(outputs[num_blocks - 2], ("readout", num_blocks - 1), ("dropout", num_blocks))
     else:
         pending.add(stage_input, ("dropout", 1))
-    for b, state in _dropout_states(blocks, stage_input, outputs, group):
+    for b, state in _dropout_states(network, s, stage_input, outputs, group):
         pending.add(state, ("dropout", b + 1))
-    z, last = outputs[-1], blocks[-1]
+    z = outputs[-1]
     for k in range(1, extra_evaluations + 1):
-        z = last(z, stage_input)
+        z = network.forward_block(s, num_blocks - 1, z, stage_input)
         pending.add(z, ("extra", k))
 
 
@@ -300,10 +304,11 @@ def _stage_indices(
 ) -> tuple[float, float, float]:
     """Return (CI, RI, DI) of one stage by the formulas of docs/method.md."""
     e_final = readout[-1]
-    if e_final >= chance_error:
+    if e_final >= chance_error or math.isclose(e_final, chance_error, rel_tol=1e-9):
         # A network no better than chance leaves no distance to normalise by: its indices
         # are undefined. Any finite stand-in would read as "perfectly convergent" (nothing
-        # can rise above chance), so they are NaN and analysis leaves such runs out.
+        # can rise above chance), so they are NaN and analysis leaves such runs out. At
+        # chance by float rounding counts too: 8/12 is one ulp below 1 - 1/3.
         return math.nan, math.nan, math.nan
     scale = chance_error - e_final
 
@@ -320,8 +325,10 @@ def _stage_indices(
     return convergence, recurrence, divergence
 
 
-def iteration_indices(curves: pd.DataFrame, chance_error: float) -> dict[str, float]:
-    """Return ci, ri, di per stage (ci_stage1...) and as means over the three stages."""
+def iteration_indices(
+    curves: pd.DataFrame, chance_error: float, num_stages: int = NUM_STAGES
+) -> dict[str, float]:
+    """Return ci, ri, di per stage (ci_stage1...) and as means over the `num_stages` stages."""
     missing = [c for c in CURVE_COLUMNS if c not in curves.columns]
     if missing:
         raise ValueError(f"curves lack columns {missing}: needed are {list(CURVE_COLUMNS)}")
@@ -329,8 +336,15 @@ def iteration_indices(curves: pd.DataFrame, chance_error: float) -> dict[str, fl
         raise ValueError(f"chance_error={chance_error!r}: allowed is a number in (0, 1]")
     if not 0 < chance_error <= 1:
         raise ValueError(f"chance_error={chance_error!r}: allowed is a number in (0, 1]")
+    extra_stages = sorted(set(curves["stage"].tolist()) - set(range(1, num_stages + 1)))
+    if extra_stages:
+        # Left out, they would vanish from the means unnoticed (a 4-stage torchvision ResNet).
+        raise ValueError(
+            f"curves hold stages {extra_stages} outside 1..{num_stages}: pass num_stages, the "
+            "network's number of stages"
+        )
     indices: dict[str, float] = {}
-    for stage in range(1, NUM_STAGES + 1):
+    for stage in range(1, num_stages + 1):
         readout = _curve(curves, stage, "readout", 1)
         dropout = _curve(curves, stage, "dropout", 1)
         extra = _curve(curves, stage, "extra", 0)
@@ -342,14 +356,16 @@ def iteration_indices(curves: pd.DataFrame, chance_error: float) -> dict[str, fl
         values = _stage_indices(readout, dropout, extra, float(chance_error))
         for name, value in zip(INDEX_NAMES, values, strict=True):
             indices[f"{name}_stage{stage}"] = value
+    stages = range(1, num_stages + 1)
     for name in INDEX_NAMES:
-        indices[name] = float(np.mean([indices[f"{name}_stage{s}"] for s in (1, 2, 3)]))
+        indices[name] = float(np.mean([indices[f"{name}_stage{s}"] for s in stages]))
     return indices
 
 
-def undefined_indices() -> dict[str, float]:
+def undefined_indices(num_stages: int = NUM_STAGES) -> dict[str, float]:
     """Return every index key of iteration_indices with NaN (a network without curves)."""
-    per_stage = {f"{n}_stage{s}": math.nan for s in range(1, NUM_STAGES + 1) for n in INDEX_NAMES}
+    stages = range(1, num_stages + 1)
+    per_stage = {f"{n}_stage{s}": math.nan for s in stages for n in INDEX_NAMES}
     return {**per_stage, **{name: math.nan for name in INDEX_NAMES}}
 
 

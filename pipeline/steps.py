@@ -18,10 +18,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from pipeline.calibration import STEP_MODES
 from pipeline.coupling import GradientCoupler
 from pipeline.tasks import Task
 
-STEP_MODES = ("eager", "compile", "cuda_graph")
 GRAPH_WARMUP_STEPS = 3  # eager steps before capture: cuDNN picks its kernels, buffers exist
 
 

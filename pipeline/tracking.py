@@ -3,34 +3,32 @@
 from __future__ import annotations
 
 import getpass
-import hashlib
-import importlib.metadata
 import json
 import numbers
 import os
-import platform
-import socket
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlflow import MlflowClient
-from mlflow.entities import (
-    Dataset,
-    DatasetInput,
-    InputTag,
-    Metric,
-    Param,
-    RunStatus,
-    RunTag,
-    ViewType,
-)
+from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 
+from pipeline.provenance import dataset_input, environment_tags, git_commit
+from pipeline.run_contents import (
+    CONFIG_ARTIFACT,
+    CURVES_ARTIFACT,
+    DIVERGED_EPOCH_TAG,
+    DIVERGED_TAG,
+    EPOCH_HISTORY_METRIC,
+    ERROR_TAG,
+    GRID_TAG,
+    TRIAL_ID_TAG,
+    WEIGHTS_ARTIFACT,
+    curve_metric_key,
+)
+from pipeline.trained_model import write_trained_model
 from vocabulary import variant_slug
 
 if TYPE_CHECKING:
@@ -41,23 +39,6 @@ if TYPE_CHECKING:
     from pipeline.data import Dataset as DataSplit
     from pipeline.train import TrialResult
 
-TRIAL_ID_TAG = "ray_trial_id"
-CONFIG_ARTIFACT = "config.json"
-CURVES_ARTIFACT = "curves.parquet"
-ERROR_TAG = "error"
-DIVERGED_TAG = "diverged"  # "true" when the training loss became non-finite
-DIVERGED_EPOCH_TAG = "diverged_epoch"
-# The per-epoch metric whose history says which epochs a reopened run already has.
-EPOCH_HISTORY_METRIC = "test_error"
-FINAL_METRIC_KEYS = (
-    "final_test_error",
-    "final_test_loss",
-    "final_train_loss",
-    "epochs",
-    "parameters",
-    "train_seconds",
-)
-VERSIONED_PACKAGES = ("iterconv", "torch", "torchvision", "ray", "mlflow", "numpy", "pandas")
 # MLflow's REST limits per log_batch request: 1000 metrics, 100 params, 100 tags.
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
@@ -69,14 +50,9 @@ MODEL_TRAINING_KIND = "custom_model_development"
 RUNS_VIEW = "runs?workflowType=machine_learning"
 # MLflow's own run tags, shown in the UI's Source, User and Description fields.
 SOURCE_NAME = "sweeps/launch.py"
-DATASET_CONTEXT_TAG = "mlflow.data.context"  # the split, shown beside the dataset's name
-DIGEST_CHARS = 12
 # CPU, memory (and GPU where pynvml sees one) sampled every so many seconds per trial; the
 # environment variable MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it.
 SYSTEM_METRICS_INTERVAL_S = 10.0
-# The trained network of a trial, loadable with torch.load(..., weights_only=True).
-WEIGHTS_ARTIFACT = "model/state_dict.pt"
-NETWORK_ARTIFACT = "model/network.json"  # build_model's arguments
 
 
 def run_name(config: TrialConfig) -> str:
@@ -96,57 +72,6 @@ def run_name(config: TrialConfig) -> str:
         parts.append(f"fc{coupling.first_coupled}")
     parts.append(f"s{config.run.seed}")
     return "-".join(parts)
-
-
-def git_commit() -> str:
-    """Return the commit of the installed source tree, else $ITERCONV_GIT_COMMIT, else unknown."""
-    source_root = Path(__file__).resolve().parent.parent
-    commit = _read_git_head(source_root / ".git")
-    if commit is not None:
-        return commit
-    return os.environ.get("ITERCONV_GIT_COMMIT", "unknown")
-
-
-def _read_git_head(git_dir: Path) -> str | None:
-    """Return HEAD's commit read from .git files (no git binary needed in the image)."""
-    try:
-        head = (git_dir / "HEAD").read_text().strip()
-    except OSError:
-        return None
-    if not head.startswith("ref:"):
-        return head or None
-    ref = head.removeprefix("ref:").strip()
-    try:
-        return (git_dir / ref).read_text().strip()
-    except OSError:
-        pass
-    try:
-        packed = (git_dir / "packed-refs").read_text().splitlines()
-    except OSError:
-        return None
-    for line in packed:
-        commit, _, name = line.partition(" ")
-        if name == ref:
-            return commit
-    return None
-
-
-def package_versions() -> dict[str, str]:
-    """Return the versions of Python and of the packages a result depends on."""
-    versions = {"python": platform.python_version()}
-    for package in VERSIONED_PACKAGES:
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = "absent"
-    return versions
-
-
-def environment_tags() -> dict[str, str]:
-    """Return the tags that say where and with which code a run was made."""
-    tags = {"git_commit": git_commit(), "host": socket.gethostname()}
-    tags |= {f"version.{name}": version for name, version in package_versions().items()}
-    return tags
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:
@@ -209,71 +134,6 @@ def system_tags(config: TrialConfig) -> dict[str, str]:
     }
 
 
-def dataset_digest(split: DataSplit) -> str:
-    """Return a short SHA-256 of a split's images and targets: same digest, same examples."""
-    digest = hashlib.sha256()
-    for tensor in (split.images, split.targets):
-        array = tensor.contiguous().numpy()
-        digest.update(str((array.dtype, array.shape)).encode())
-        digest.update(array.data.cast("B"))  # the bytes in place, no copy
-    return digest.hexdigest()[:DIGEST_CHARS]
-
-
-def dataset_input(split: DataSplit, root: str) -> DatasetInput:
-    """Return a split as an MLflow dataset input: name, digest, size, shapes, split as context."""
-    features = [-1, *split.images.shape[1:]]
-    targets = [-1, *split.targets.shape[1:]]
-    schema = {
-        "mlflow_tensorspec": {
-            "features": json.dumps([_tensor_spec(split.images.dtype, features)]),
-            "targets": json.dumps([_tensor_spec(split.targets.dtype, targets)]),
-        }
-    }
-    profile = {
-        "num_rows": len(split),
-        "features_shape": list(split.images.shape),
-        "targets_shape": list(split.targets.shape),
-    }
-    dataset = Dataset(
-        name=split.name,
-        digest=dataset_digest(split),
-        source_type="local",
-        source=json.dumps({"uri": str(root)}),
-        schema=json.dumps(schema),
-        profile=json.dumps(profile),
-    )
-    return DatasetInput(dataset, tags=[InputTag(DATASET_CONTEXT_TAG, split.split)])
-
-
-def _tensor_spec(dtype: Any, shape: list[int]) -> dict[str, Any]:
-    """Return MLflow's JSON form of a tensor column (dtype name without 'torch.')."""
-    return {
-        "type": "tensor",
-        "tensor-spec": {"dtype": str(dtype).removeprefix("torch."), "shape": shape},
-    }
-
-
-def load_trial_model(run_id: str, tracking_uri: str | None = None) -> nn.Module:
-    """Return the trained network of a finished run: models.build_model with its weights."""
-    import mlflow.artifacts
-    import torch
-
-    from models import ResNetConfig, build_model
-
-    def fetch(path: str) -> str:
-        return mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=path, tracking_uri=tracking_uri
-        )
-
-    with open(fetch(NETWORK_ARTIFACT)) as file:
-        network = json.load(file)
-    model = build_model(
-        ResNetConfig(**network["model"]), network["in_channels"], network["num_classes"]
-    )
-    model.load_state_dict(torch.load(fetch(WEIGHTS_ARTIFACT), weights_only=True))
-    return model.eval()
-
-
 def find_trial_run(client: MlflowClient, experiment_id: str, trial_id: str) -> Any | None:
     """Return the run tagged with this Ray trial id (the oldest, if ever two), else None."""
     runs = client.search_runs(
@@ -334,7 +194,7 @@ class TrialRun:
         """Return the run of this trial: the existing one reopened, or a new one with params."""
         client = MlflowClient(tracking_uri)
         experiment_id = ensure_experiment(client, experiment)
-        run_tags = {"grid": grid, TRIAL_ID_TAG: trial_id, **environment_tags(), **(tags or {})}
+        run_tags = {GRID_TAG: grid, TRIAL_ID_TAG: trial_id, **environment_tags(), **(tags or {})}
         run_tags |= system_tags(config)
         existing = find_trial_run(client, experiment_id, trial_id)
         if existing is None:
@@ -389,13 +249,8 @@ class TrialRun:
 
     def log_model(self, model: nn.Module, config: Mapping[str, Any]) -> None:
         """Store the trained weights (a state_dict) and the build_model arguments that fit them."""
-        import torch
-
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         with tempfile.TemporaryDirectory(prefix="iterconv-artifacts-") as directory:
-            torch.save(state, os.path.join(directory, os.path.basename(WEIGHTS_ARTIFACT)))
-            with open(os.path.join(directory, os.path.basename(NETWORK_ARTIFACT)), "w") as f:
-                json.dump(dict(config), f, indent=2, sort_keys=True)
+            write_trained_model(directory, model, config)
             self.client.log_artifacts(self.run_id, directory, os.path.dirname(WEIGHTS_ARTIFACT))
 
     def log_epoch(self, metrics: Mapping[str, float]) -> bool:
@@ -471,7 +326,7 @@ def curve_metrics(curves: pd.DataFrame, timestamp: int) -> list[Metric]:
     """Return each perturbation curve as a stepped metric `curve/<curve>/stage<s>`."""
     rows = zip(curves["curve"], curves["stage"], curves["step"], curves["error"], strict=True)
     return [
-        Metric(f"curve/{curve}/stage{int(stage)}", float(error), timestamp, int(step))
+        Metric(curve_metric_key(curve, int(stage)), float(error), timestamp, int(step))
         for curve, stage, step, error in rows
     ]
 
@@ -506,17 +361,3 @@ def _is_number(value: Any) -> bool:
 def _now_ms() -> int:
     """Return the wall time in milliseconds, MLflow's timestamp unit."""
     return int(time.time() * 1000)
-
-
-def server_problem(uri: str, timeout: float = 5.0) -> str | None:
-    """Return why the tracking server at `uri` fails its /health check, or None if it answers."""
-    # MLflow's client retries a dead server for minutes; callers ask once, quickly, first.
-    url = uri.rstrip("/") + "/health"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            status = response.status
-    except urllib.error.HTTPError as error:
-        status = error.code  # it answered: e.g. 401 from a server with basic auth
-    except (urllib.error.URLError, OSError, ValueError) as error:
-        return str(getattr(error, "reason", error))
-    return f"{url} answered HTTP {status}" if status >= 500 else None

@@ -8,7 +8,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import random
 import sys
 import time
@@ -20,10 +19,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
-from models import ResNet, build_model, converge_power_iteration, parameter_count
+from models import build_model, converge_power_iteration, parameter_count
+from models.staged import as_staged
 from pipeline.calibration import cuda_step_mode
-from pipeline.config import RUN_LOCAL_KEYS, TrialConfig, apply_overrides, network_shape
+from pipeline.checkpoint import CHECKPOINT_NAME, has_checkpoint, load_checkpoint, save_checkpoint
+from pipeline.config import TrialConfig, apply_overrides, network_shape
 from pipeline.coupling import GradientCoupler
 from pipeline.data import MEMORY_FORMAT, Dataset, DeviceLoader, load_dataset
 from pipeline.indices import iteration_indices, perturbation_curves, undefined_indices
@@ -33,8 +35,6 @@ from vocabulary import CURVE_COLUMNS
 
 logger = logging.getLogger("iterconv.train")
 
-CHECKPOINT_NAME = "checkpoint.pt"
-CHECKPOINT_KEYS = frozenset({"config", "epoch", "history", "model", "optimizer", "rng"})
 REFERENCE_BATCH = 128  # optim.lr is the peak learning rate per this many examples
 INDEX_SUBSET_SEED = 0  # every trial measures its indices on the same test images
 
@@ -49,10 +49,6 @@ class DivergenceError(RuntimeError):
         self.epoch = epoch  # 1-based epoch in which the loss stopped being finite
 
 
-class CorruptCheckpointError(RuntimeError):
-    """A checkpoint file exists but cannot be read (its path is in the message)."""
-
-
 @dataclass
 class TrialResult:
     """What one trial produces: final metrics, indices, perturbation curves, per-epoch history."""
@@ -64,7 +60,7 @@ class TrialResult:
     history: list[dict[str, float]] = field(default_factory=list)  # one dict per epoch
     diverged_epoch: int | None = None  # the epoch whose training loss became non-finite
     # The trained network, and the arguments of models.build_model that rebuild it.
-    model: ResNet | None = field(default=None, repr=False, compare=False)
+    model: nn.Module | None = field(default=None, repr=False, compare=False)
     network: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -84,15 +80,16 @@ class Trial:
     config: TrialConfig
     device: torch.device
     task: Task
-    model: ResNet
+    model: nn.Module  # a models.staged.StagedNetwork: the project's ResNet or a torchvision one
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     coupler: GradientCoupler | None
     train_loader: DeviceLoader
     test_loader: DeviceLoader
     test_set: Dataset  # the test split, for the indices
-    mixed_precision: bool  # bf16 autocast (CUDA only; the benchmark turns it off to compare)
-    step: TrainStep  # forward, backward, coupling, SGD step (its mode: pipeline/steps.py)
+    # Forward, backward, coupling, SGD step; its mode (pipeline/steps.py) and its bf16 autocast
+    # (CUDA only; the benchmark turns it off to compare).
+    step: TrainStep
 
 
 def resolve_device(name: str) -> torch.device:
@@ -186,7 +183,6 @@ def build_trial(
         train_loader=train_loader,
         test_loader=test_loader,
         test_set=test_set,
-        mixed_precision=mixed_precision,
         step=step,
     )
 
@@ -285,118 +281,6 @@ def run_epoch(trial: Trial, epoch: int) -> dict[str, float]:
     }
 
 
-def _rng_state() -> dict[str, Any]:
-    """Return every RNG state as tensors and numbers: what torch.load(weights_only) accepts."""
-    _, keys, position, has_gauss, gauss = np.random.get_state()
-    version, python_state, python_gauss = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy_keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-        "numpy_pos": int(position),
-        "numpy_has_gauss": int(has_gauss),
-        "numpy_gauss": float(gauss),
-        "python_version": int(version),
-        "python_state": torch.tensor(python_state, dtype=torch.int64),
-        "python_gauss": python_gauss,  # None or a float
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    """Restore the RNG states saved by _rng_state."""
-    torch.set_rng_state(state["torch"])
-    keys = state["numpy_keys"].numpy().astype(np.uint32)
-    np.random.set_state(
-        ("MT19937", keys, state["numpy_pos"], state["numpy_has_gauss"], state["numpy_gauss"])
-    )
-    python_state = tuple(int(v) for v in state["python_state"].tolist())
-    random.setstate((state["python_version"], python_state, state["python_gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def previous_checkpoint(path: Path) -> Path:
-    """Return where the checkpoint before `path` is kept (checkpoint.previous.pt)."""
-    return path.with_name(path.stem + ".previous" + path.suffix)
-
-
-def save_checkpoint(path: Path, trial: Trial, history: list[dict[str, float]]) -> None:
-    """Write everything needed to resume bit-for-bit, atomically; keep the one before it."""
-    state = {
-        "config": trial.config.to_dict(),
-        "epoch": len(history),
-        "history": history,
-        "model": trial.model.state_dict(),  # includes BN statistics and power-iteration vectors
-        "optimizer": trial.optimizer.state_dict(),
-        "scheduler": trial.scheduler.state_dict(),
-        "train_loader": trial.train_loader.state_dict(),
-        "rng": _rng_state(),
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    # Two checkpoints: one damaged file still leaves a good one to resume from.
-    if path.exists():
-        os.replace(path, previous_checkpoint(path))
-    os.replace(tmp, path)
-
-
-def _read_checkpoint(path: Path) -> dict[str, Any]:
-    """Return a checkpoint's contents; raise CorruptCheckpointError naming a damaged file."""
-    try:
-        # weights_only: tensors, numbers, strings and containers; a file cannot run code.
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or not state.keys() >= CHECKPOINT_KEYS:
-            raise ValueError("not a trial checkpoint (its keys are missing)")
-    except Exception as error:  # torch raises many types for damaged zip or pickle data
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise CorruptCheckpointError(f"damaged checkpoint {path}: {first_line}") from error
-    return state
-
-
-def load_checkpoint(path: Path, trial: Trial) -> list[dict[str, float]]:
-    """Restore a trial from its checkpoint, else from the one before; return epochs' history."""
-    problems = []
-    for candidate in (path, previous_checkpoint(path)):
-        if not candidate.exists():
-            continue
-        try:
-            state = _read_checkpoint(candidate)
-        except CorruptCheckpointError as error:
-            logger.warning("%s; trying the previous checkpoint", error)
-            problems.append(str(error))
-            continue
-        _restore(candidate, state, trial)
-        return list(state["history"])
-    raise CorruptCheckpointError("; ".join(problems) or f"no checkpoint at {path}")
-
-
-def _restore(path: Path, state: dict[str, Any], trial: Trial) -> None:
-    """Load a checkpoint's state into the trial, refusing one of another trial."""
-    saved = TrialConfig.from_dict(state["config"]).to_flat_dict()
-    # A retry may run elsewhere (another node, device or data mount): same trial.
-    differing = [
-        key
-        for key, value in trial.config.to_flat_dict().items()
-        if saved[key] != value and key not in RUN_LOCAL_KEYS
-    ]
-    if differing:
-        raise ValueError(
-            f"checkpoint {path} belongs to another trial: {differing[0]}={saved[differing[0]]!r} "
-            f"there, {trial.config.to_flat_dict()[differing[0]]!r} here"
-        )
-    trial.model.load_state_dict(state["model"])
-    trial.optimizer.load_state_dict(state["optimizer"])
-    trial.scheduler.load_state_dict(state["scheduler"])
-    trial.train_loader.load_state_dict(state["train_loader"])
-    _set_rng_state(state["rng"])
-
-
 def index_batches(trial: Trial) -> DeviceLoader:
     """Return the test batches for the indices: all, or data.index_examples seeded images."""
     subset, n = trial.test_set, trial.config.data.index_examples
@@ -416,7 +300,7 @@ def finish_trial(trial: Trial, history: list[dict[str, float]]) -> TrialResult:
         curves = perturbation_curves(
             trial.model, index_batches(trial), trial.task, trial.config.run.extra_evaluations
         )
-    indices = iteration_indices(curves, trial.task.chance_error)
+    indices = iteration_indices(curves, trial.task.chance_error, num_stages(trial))
     metrics = {
         **{f"final_{key}": value for key, value in final.items()},
         "final_train_loss": history[-1]["train_loss"],
@@ -427,6 +311,11 @@ def finish_trial(trial: Trial, history: list[dict[str, float]]) -> TrialResult:
     return TrialResult(
         trial.config, metrics, dict(indices), curves, history, model=trial.model, network=network
     )
+
+
+def num_stages(trial: Trial) -> int:
+    """Return the network's number of stages (3 for the project's ResNet, 4 for torchvision's)."""
+    return len(as_staged(trial.model, "the indices").stage_blocks())
 
 
 def _trial_facts(trial: Trial, history: list[dict[str, float]]) -> dict[str, float]:
@@ -459,7 +348,8 @@ def diverged_result(
     if task.multilabel:
         metrics["final_test_digit_error"] = task.chance_digit_error
     curves = pd.DataFrame(columns=list(CURVE_COLUMNS))
-    return TrialResult(trial.config, metrics, undefined_indices(), curves, history, error.epoch)
+    indices = undefined_indices(num_stages(trial))
+    return TrialResult(trial.config, metrics, indices, curves, history, error.epoch)
 
 
 def _epoch_line(metrics: dict[str, float], epochs: int) -> str:
@@ -494,7 +384,7 @@ def run_trial(
     trial = build_trial(config, device, splits)
     path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     history: list[dict[str, float]] = []
-    if path is not None and (path.exists() or previous_checkpoint(path).exists()):
+    if path is not None and has_checkpoint(path):
         history = load_checkpoint(path, trial)
         logger.info("resumed %s after epoch %d", path, len(history))
     for epoch in range(len(history) + 1, config.optim.epochs + 1):

@@ -9,25 +9,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.calibration import load_calibration
 from pipeline.config import TrialConfig
-from pipeline.data import Dataset, balanced_subset, load_dataset
 from sweeps.grids import GRIDS, trial_configs
+from sweeps.preflight import UsageError, preflight
 from sweeps.progress import print_status
-from sweeps.resources import DEFAULT_GPU_SHARE, Resources, format_dry_run, parse_gpu_share
-from sweeps.sweep import UsageError, check_sweep_path, experiment_path, run_sweep
-from sweeps.tracking_server import (
-    OpenServiceError,
-    TrackingUnreachableError,
-    check_reachable,
-    is_http_uri,
-    is_loopback,
-    split_credentials,
-)
+from sweeps.resources import DEFAULT_GPU_SHARE, format_dry_run, parse_gpu_share
+from sweeps.sweep import experiment_path, run_sweep
+from sweeps.tracking_server import TrackingUnreachableError, is_http_uri, split_credentials
 
 EXIT_USAGE = 2  # bad input: nothing was started
-# What a resumed sweep takes from its stored state, never from the command line.
-STORED_SETTINGS = ("overrides", "seeds", "limit", "experiment")
 
 
 def _bounded(kind: Callable[[str], Any], least: float, strict: bool) -> Callable[[str], Any]:
@@ -228,22 +218,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def sweep_configs(args: argparse.Namespace) -> list[TrialConfig]:
     """Return the trials of the command line: grid, launcher settings, overrides, limit."""
-    if args.resume:
-        given = [name for name in STORED_SETTINGS if getattr(args, name)]
-        if given:
-            shown = "key=value overrides" if given[0] == "overrides" else f"--{given[0]}"
-            raise UsageError(
-                f"--resume with {shown}: a resumed sweep keeps its original grid, overrides, "
-                "seeds, limit and experiment; drop them, or start a new sweep in another "
-                "--storage"
-            )
-    if not is_loopback(args.mlflow_host) and not args.expose_tracking_server_without_auth:
-        raise OpenServiceError(
-            f"--mlflow-host={args.mlflow_host}: the launcher's mlflow server has no "
-            "authentication, so it listens on loopback only; add "
-            "--expose-tracking-server-without-auth to open it to that network anyway, or use "
-            "a server with basic auth (docker/compose.yaml) via --tracking-uri"
-        )
     settings: dict[str, Any] = {
         "data.root": str(Path(args.data_root).expanduser().resolve()),
         "run.threads": max(1, math.ceil(args.cpus_per_trial)),
@@ -254,43 +228,6 @@ def sweep_configs(args: argparse.Namespace) -> list[TrialConfig]:
     return configs[: args.limit]
 
 
-def prepare_data(configs: Sequence[TrialConfig]) -> None:
-    """Load (download, generate) every dataset of the sweep once, before trials race to it.
-
-    Also checks what only the data can tell: that data.train_size has a class-balanced subset
-    and that optim.batch_size fits in the (sub-sampled) training split.
-    """
-    loaded: dict[tuple, Dataset] = {}
-    for config in configs:
-        d = config.data
-        for split, images in (("train", d.clutter_train_images), ("test", d.clutter_test_images)):
-            key = (d.dataset, d.root, split, images if d.dataset.startswith("digit") else None)
-            if key not in loaded:
-                loaded[key] = load_dataset(
-                    d.dataset, d.root, split, download=d.download, clutter_images=images
-                )
-        clutter = d.clutter_train_images if d.dataset.startswith("digit") else None
-        check_training_split(config, loaded[(d.dataset, d.root, "train", clutter)])
-
-
-def check_training_split(config: TrialConfig, train: Dataset) -> None:
-    """Raise UsageError if train_size or batch_size cannot work on this training split."""
-    d, batch_size = config.data, config.optim.batch_size
-    images = len(train)
-    if d.train_size is not None:
-        try:
-            balanced_subset(train.targets, d.train_size, config.run.seed, train.task.num_classes)
-        except ValueError as error:
-            raise UsageError(f"data.train_size for {d.dataset}: {error}") from None
-        images = d.train_size
-    if batch_size > images:
-        where = "data.train_size" if d.train_size is not None else "its training split"
-        raise UsageError(
-            f"optim.batch_size={batch_size}: larger than the {images} training images of "
-            f"{d.dataset} ({where}), so no step would run; allowed are 1..{images}"
-        )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line, check it, and run, resume or dry-run the sweep."""
     parser = build_parser()
@@ -298,20 +235,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         take_credentials(args)
         configs = sweep_configs(args)
-        resources = Resources(args.gpu_share, args.cpus_per_trial, use_gpus=True)
-        calibration = load_calibration()  # a broken file would fail every trial on CUDA
+        path = experiment_path(args.storage, args.grid)
+        resources, calibration = preflight(args, configs, path)
         if args.dry_run:
             print(format_dry_run(args.grid, configs, resources, calibration))
             return 0
-        path = experiment_path(args.storage, args.grid)
         if args.status:
             print_status(path)
             return 0
-        check_sweep_path(path, args.resume)
-        if args.tracking_uri is not None and is_http_uri(args.tracking_uri):
-            check_reachable(args.tracking_uri)
-        if not args.resume:
-            prepare_data(configs)
     except (ValueError, TrackingUnreachableError, FileNotFoundError) as error:
         parser.exit(EXIT_USAGE, f"{parser.prog}: error: {error}\n")
     try:

@@ -1,7 +1,7 @@
 """Named grids of trials: the paper's whole design, one sub-grid per figure, and `smoke`.
 
-Each grid is a function `grid(seeds) -> list[dict]` of flat override dicts ("model.width": 8,
-...); `trial_configs` turns them into validated TrialConfigs. Run one with
+Each grid is a function `grid(seeds) -> list[TrialOverrides]` of flat override dicts
+("model.width": 8, ...); `trial_configs` turns them into validated TrialConfigs. Run one with
 
     python sweeps/launch.py GRID [key=value ...] [--seeds N] [--dry-run]
 
@@ -15,18 +15,24 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from pipeline.config import TrialConfig, parse_overrides
-from vocabulary import CONVERGENT_BLOCKS, COUPLINGS, DATASETS, WIDTHS
+from vocabulary import (
+    CONVERGENT_BLOCKS,
+    CONVERGENT_MU,
+    COUPLINGS,
+    DATASETS,
+    WIDTHS,
+    matches_level,
+)
 
-Trial = dict[str, Any]  # flat override dict of one trial, e.g. {"model.width": 8}
-GridFunction = Callable[[int], list[Trial]]
+TrialOverrides = dict[str, Any]  # flat override dict of one trial, e.g. {"model.width": 8}
+GridFunction = Callable[[int], list[TrialOverrides]]
 
 # Initialisation and coupling (paper Fig 3): non-recurrent lam 0, recurrent lam 0, 0.5, 0.9, 1.
-VARIANTS: tuple[Trial, ...] = (
+VARIANTS: tuple[TrialOverrides, ...] = (
     {"model.recurrent_init": False, "coupling.lam": 0.0},
     *({"model.recurrent_init": True, "coupling.lam": lam} for lam in COUPLINGS),
 )
 COUPLED_VARIANTS = VARIANTS[2:]  # lam > 0: where a coupling kernel can matter
-CONVERGENT_MU = 0.95
 # Sample efficiency (S3): training-set sizes in images. A reduced set keeps the full run's
 # epoch count (optim.epochs), so it also takes fewer steps: the paper does not say which,
 # and equal epochs is how "sample efficiency" is usually read (same passes over less data).
@@ -34,7 +40,7 @@ SAMPLE_EFFICIENCY = {"cifar10": (5_000, 10_000, 20_000), "digitclutter-5": (10_0
 # Partial coupling: the paper contradicts itself. S4 Fig: "the first five blocks in each stage
 # were uncoupled"; its Discussion: "only the last eight layers" were coupled. The grid follows
 # S4 Fig, the figure whose results it reproduces: coupling.first_coupled = 5 of N = 16.
-TRAINING_VARIATIONS: tuple[tuple[Trial, tuple[Trial, ...]], ...] = (
+TRAINING_VARIATIONS: tuple[tuple[TrialOverrides, tuple[TrialOverrides, ...]], ...] = (
     ({"model.bn_gamma_init": 0.1}, VARIANTS),  # S4a
     ({"coupling.kernel": "triangular"}, COUPLED_VARIANTS),  # S4b
     ({"coupling.first_coupled": 5}, COUPLED_VARIANTS),  # S4c: first five blocks uncoupled
@@ -42,7 +48,7 @@ TRAINING_VARIATIONS: tuple[tuple[Trial, tuple[Trial, ...]], ...] = (
 DEFAULT_SEEDS = 3
 # Fig 2 shows six instances of one network: ordinary, non-recurrent, width 16, CIFAR-10.
 FIG2_INSTANCES = 6
-FIG2_CONDITION: Trial = {"data.dataset": "cifar10", "model.width": 16, **VARIANTS[0]}
+FIG2_CONDITION: TrialOverrides = {"data.dataset": "cifar10", "model.width": 16, **VARIANTS[0]}
 
 GRIDS: dict[str, GridFunction] = {}
 
@@ -54,8 +60,8 @@ def register(function: GridFunction) -> GridFunction:
 
 
 def _product(
-    base: Trial, variants: Iterable[Trial], widths: Iterable[int], seeds: int
-) -> list[Trial]:
+    base: TrialOverrides, variants: Iterable[TrialOverrides], widths: Iterable[int], seeds: int
+) -> list[TrialOverrides]:
     """Return base x variants x widths x seeds as flat dicts."""
     return [
         {**base, **variant, "model.width": width, "run.seed": seed}
@@ -65,7 +71,7 @@ def _product(
     ]
 
 
-def main_trials(seeds: int = DEFAULT_SEEDS) -> list[Trial]:
+def main_trials(seeds: int = DEFAULT_SEEDS) -> list[TrialOverrides]:
     """Return ordinary ResNets: every dataset x 5 variants x 4 widths x seeds."""
     return [
         trial
@@ -74,8 +80,8 @@ def main_trials(seeds: int = DEFAULT_SEEDS) -> list[Trial]:
     ]
 
 
-def convergent_trials(seeds: int = DEFAULT_SEEDS) -> list[Trial]:
-    """Return ICR and PCR (mu 0.95) on CIFAR-10 x 5 variants x 4 widths x seeds."""
+def convergent_trials(seeds: int = DEFAULT_SEEDS) -> list[TrialOverrides]:
+    """Return ICR and PCR (μ = CONVERGENT_MU) on CIFAR-10 x 5 variants x 4 widths x seeds."""
     return [
         trial
         for block in CONVERGENT_BLOCKS
@@ -88,7 +94,7 @@ def convergent_trials(seeds: int = DEFAULT_SEEDS) -> list[Trial]:
     ]
 
 
-def sample_efficiency_trials(seeds: int = DEFAULT_SEEDS) -> list[Trial]:
+def sample_efficiency_trials(seeds: int = DEFAULT_SEEDS) -> list[TrialOverrides]:
     """Return reduced training sets (S3): CIFAR-10 and Digitclutter-5 x 5 variants x 4 widths."""
     return [
         trial
@@ -100,7 +106,7 @@ def sample_efficiency_trials(seeds: int = DEFAULT_SEEDS) -> list[Trial]:
     ]
 
 
-def training_variation_trials(seeds: int = DEFAULT_SEEDS) -> list[Trial]:
+def training_variation_trials(seeds: int = DEFAULT_SEEDS) -> list[TrialOverrides]:
     """Return S4's variations on CIFAR-10: BN gamma 0.1, triangular kernel, first five uncoupled."""
     return [
         trial
@@ -109,23 +115,23 @@ def training_variation_trials(seeds: int = DEFAULT_SEEDS) -> list[Trial]:
     ]
 
 
-def _where(trials: Iterable[Trial], **conditions: Any) -> list[Trial]:
-    """Return the trials whose flat keys (dots written as __) have the given values."""
-    wanted = {key.replace("__", "."): value for key, value in conditions.items()}
+def _where(trials: Iterable[TrialOverrides], **levels: Any) -> list[TrialOverrides]:
+    """Return the trials at every given level; keys are flat keys with dots written as __."""
+    wanted = {key.replace("__", "."): level for key, level in levels.items()}
     return [
-        t
-        for t in trials
-        if all(t.get(k) in v if isinstance(v, tuple) else t.get(k) == v for k, v in wanted.items())
+        trial
+        for trial in trials
+        if all(matches_level(trial.get(key), level) for key, level in wanted.items())
     ]
 
 
-def fig2_instances(seeds: int = DEFAULT_SEEDS) -> list[Trial]:
+def fig2_instances(seeds: int = DEFAULT_SEEDS) -> list[TrialOverrides]:
     """Return the seeds beyond `seeds` that give Fig 2 its six instances (none if seeds >= 6)."""
     return [{**FIG2_CONDITION, "run.seed": seed} for seed in range(seeds, FIG2_INSTANCES)]
 
 
 @register
-def paper_grid(seeds: int = DEFAULT_SEEDS) -> list[Trial]:
+def paper_grid(seeds: int = DEFAULT_SEEDS) -> list[TrialOverrides]:
     """The paper's whole design: 915 trials with 3 seeds (304 per seed, + 3 for Fig 2).
 
     main (6 datasets x 5 variants x 4 widths) + ICR/PCR on CIFAR-10 + sample efficiency
@@ -143,7 +149,7 @@ def paper_grid(seeds: int = DEFAULT_SEEDS) -> list[Trial]:
 
 
 @register
-def fig2(seeds: int = FIG2_INSTANCES) -> list[Trial]:
+def fig2(seeds: int = FIG2_INSTANCES) -> list[TrialOverrides]:
     """Fig 2, standard training: six instances of the ordinary non-recurrent width-16 ResNet.
 
     On CIFAR-10: `python sweeps/launch.py fig2` (6 trials, a few GPU-hours).
@@ -152,7 +158,7 @@ def fig2(seeds: int = FIG2_INSTANCES) -> list[Trial]:
 
 
 @register
-def fig3(seeds: int = DEFAULT_SEEDS) -> list[Trial]:
+def fig3(seeds: int = DEFAULT_SEEDS) -> list[TrialOverrides]:
     """Fig 3 (and S1a), coupled ResNets on CIFAR-10 and Digitclutter-5: 120 trials with 3 seeds.
 
     `python sweeps/launch.py fig3`; the baseline of S4 too.
@@ -161,7 +167,7 @@ def fig3(seeds: int = DEFAULT_SEEDS) -> list[Trial]:
 
 
 @register
-def fig4(seeds: int = DEFAULT_SEEDS) -> list[Trial]:
+def fig4(seeds: int = DEFAULT_SEEDS) -> list[TrialOverrides]:
     """Fig 4 (and S1b), improperly convergent ResNets (ICR) on CIFAR-10: 60 trials with 3 seeds.
 
     `python sweeps/launch.py fig4`; compare with fig3's ordinary CIFAR-10 trials.
@@ -170,7 +176,7 @@ def fig4(seeds: int = DEFAULT_SEEDS) -> list[Trial]:
 
 
 @register
-def s2(seeds: int = DEFAULT_SEEDS) -> list[Trial]:
+def s2(seeds: int = DEFAULT_SEEDS) -> list[TrialOverrides]:
     """S2 Fig, properly convergent ResNets (PCR) on CIFAR-10: 60 trials with 3 seeds.
 
     `python sweeps/launch.py s2`.
@@ -179,7 +185,7 @@ def s2(seeds: int = DEFAULT_SEEDS) -> list[Trial]:
 
 
 @register
-def s3(seeds: int = DEFAULT_SEEDS) -> list[Trial]:
+def s3(seeds: int = DEFAULT_SEEDS) -> list[TrialOverrides]:
     """S3 Fig, Digitclutter-3/4/5, CIFAR-100, MNIST and reduced training sets: 600 trials.
 
     `python sweeps/launch.py s3` (3 seeds; the full-size CIFAR-10 baseline is in fig3).
@@ -189,7 +195,7 @@ def s3(seeds: int = DEFAULT_SEEDS) -> list[Trial]:
 
 
 @register
-def s4(seeds: int = DEFAULT_SEEDS) -> list[Trial]:
+def s4(seeds: int = DEFAULT_SEEDS) -> list[TrialOverrides]:
     """S4 and S5 Fig, training variations on CIFAR-10: 132 trials with 3 seeds.
 
     `python sweeps/launch.py s4`; their baseline is fig3's CIFAR-10 trials.
@@ -197,7 +203,7 @@ def s4(seeds: int = DEFAULT_SEEDS) -> list[Trial]:
     return training_variation_trials(seeds)
 
 
-SMOKE_BASE: Trial = {
+SMOKE_BASE: TrialOverrides = {
     "data.dataset": "digitclutter-3",
     "data.clutter_train_images": 3_000,
     "data.clutter_test_images": 500,
@@ -218,7 +224,7 @@ NONREC, REC1 = VARIANTS[0], VARIANTS[4]
 
 
 @register
-def smoke(seeds: int = 2) -> list[Trial]:
+def smoke(seeds: int = 2) -> list[TrialOverrides]:
     """Nineteen small CPU trials on Digitclutter-3 that give every figure and claim runs to judge.
 
     The ordinary ResNet in all five variants (non-rec.; rec. 0, 0.5, 0.9, 1), ICR and PCR
@@ -240,7 +246,7 @@ def smoke(seeds: int = 2) -> list[Trial]:
     return trials
 
 
-def grid_trials(name: str, seeds: int | None = None) -> list[Trial]:
+def grid_trials(name: str, seeds: int | None = None) -> list[TrialOverrides]:
     """Return the flat dicts of a registered grid, or raise ValueError listing the grids."""
     if name not in GRIDS:
         raise ValueError(f"unknown grid {name!r}: known grids are {', '.join(GRIDS)}")

@@ -7,7 +7,8 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,10 @@ from ray import tune
 
 from pipeline.config import TrialConfig
 from pipeline.tracking import close_unfinished_runs, ensure_experiment, experiment_url
+from sweeps.preflight import check_cluster
 from sweeps.progress import ProgressLine
 from sweeps.resources import Resources
-from sweeps.tracking_server import is_http_uri, is_loopback, mask_uri, tracking_server
+from sweeps.tracking_server import is_http_uri, mask_uri, tracking_server
 from sweeps.trainable import (
     EXPERIMENT_KEY,
     GRID_KEY,
@@ -39,8 +41,14 @@ EXIT_UNFINISHED = 1  # the sweep ran but some trials failed or were interrupted
 UI_PORT = 5000  # where `mlflow ui` listens by default
 
 
-class UsageError(ValueError):
-    """Bad command-line input, reported before anything starts."""
+@dataclass(frozen=True)
+class SweepSummary:
+    """What a fitted sweep left: its trials finished of all, and its MLflow experiment."""
+
+    finished: int
+    total: int
+    killed: int  # MLflow runs of unfinished trials, marked KILLED
+    experiment_id: str
 
 
 @contextlib.contextmanager
@@ -101,110 +109,89 @@ def run_sweep(args: argparse.Namespace, configs: Sequence[TrialConfig], path: st
             resources = Resources(args.gpu_share, args.cpus_per_trial, use_gpus)
             trainable = make_trainable(SweepContext(uri, args.checkpoint_interval), resources)
             device = "GPUs" if use_gpus else "CPUs"
-            if args.resume:
-                # Grid, overrides and experiment are those stored with the sweep.
-                print(f"resuming the sweep in {path} on {device}", flush=True)
-                tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
-            else:
-                experiment = args.experiment or args.grid
-                experiment_id = ensure_experiment(MlflowClient(uri), experiment)
-                print(
-                    f"sweep {args.grid}: {len(configs)} trials on {device}, in {path}", flush=True
-                )
-                print(f"MLflow UI while it runs: {experiment_url(uri, experiment_id)}", flush=True)
-                storage, name = path.rsplit("/", 1)
-                trials = [c.to_flat_dict() for c in configs]
-                tuner = tune.Tuner(
-                    trainable,
-                    param_space={
-                        TRIAL_KEY: tune.grid_search(trials),
-                        GRID_KEY: args.grid,
-                        EXPERIMENT_KEY: experiment,
-                    },
-                    tune_config=tune.TuneConfig(
-                        max_concurrent_trials=args.max_concurrent,
-                        # A finished trial's worker process takes the next trial of the same
-                        # resources: no new process, no re-import of torch (benchmarks/
-                        # actors.py). Every trial seeds and builds all its state itself, so
-                        # its numbers do not change.
-                        reuse_actors=True,
-                        trial_name_creator=trial_dirname,
-                        trial_dirname_creator=trial_dirname,
-                    ),
-                    run_config=tune.RunConfig(
-                        name=name,
-                        storage_path=storage,
-                        failure_config=tune.FailureConfig(max_failures=args.max_failures),
-                        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                        log_to_file=True,
-                        verbose=2 if args.verbose else 0,
-                        callbacks=[ProgressLines(), ProgressLine()],
-                    ),
-                )
+            tuner = build_tuner(args, configs, path, trainable, uri, device)
             if not args.verbose:
                 # Tune's new console output prints its banner and tables even at verbose=0; the
                 # classic reporter honours it, and ProgressLines prints one line per trial event.
                 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-            results = tuner.fit()
-            trial_ids = [trial_id_of(r.path) for r in results]
-            experiment = (
-                (results[0].config or {}).get(EXPERIMENT_KEY, args.grid)
-                if len(results)
-                else args.grid
-            )
-            finished = sum(
-                1 for r in results if r.error is None and "final_test_error" in r.metrics
-            )
-            closed = close_unfinished_runs(uri, experiment, trial_ids)
-            experiment_id = ensure_experiment(MlflowClient(uri), experiment)
+            summary = summarise(tuner.fit(), args.grid, uri)  # the server still runs
+    return print_summary(summary, args, uri, path)
+
+
+def build_tuner(
+    args: argparse.Namespace,
+    configs: Sequence[TrialConfig],
+    path: str,
+    trainable: Callable[[dict], None],
+    uri: str,
+    device: str,
+) -> tune.Tuner:
+    """Return the Tuner of a new sweep at `path`, or with --resume of the stopped one there."""
+    if args.resume:
+        # Grid, overrides and experiment are those stored with the sweep.
+        print(f"resuming the sweep in {path} on {device}", flush=True)
+        return tune.Tuner.restore(path, trainable, resume_errored=True)
+    experiment = args.experiment or args.grid
+    experiment_id = ensure_experiment(MlflowClient(uri), experiment)
+    print(f"sweep {args.grid}: {len(configs)} trials on {device}, in {path}", flush=True)
+    print(f"MLflow UI while it runs: {experiment_url(uri, experiment_id)}", flush=True)
+    storage, name = path.rsplit("/", 1)
+    trials = [c.to_flat_dict() for c in configs]
+    return tune.Tuner(
+        trainable,
+        param_space={
+            TRIAL_KEY: tune.grid_search(trials),
+            GRID_KEY: args.grid,
+            EXPERIMENT_KEY: experiment,
+        },
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=args.max_concurrent,
+            # A finished trial's worker process takes the next trial of the same resources: no
+            # new process, no re-import of torch (benchmarks/actors.py). Every trial seeds and
+            # builds all its state itself, so its numbers do not change.
+            reuse_actors=True,
+            trial_name_creator=trial_dirname,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage,
+            failure_config=tune.FailureConfig(max_failures=args.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            log_to_file=True,
+            verbose=2 if args.verbose else 0,
+            callbacks=[ProgressLines(), ProgressLine()],
+        ),
+    )
+
+
+def summarise(results: tune.ResultGrid, grid: str, uri: str) -> SweepSummary:
+    """Count the finished trials and mark the MLflow runs of the others KILLED (server up)."""
+    trial_ids = [trial_id_of(r.path) for r in results]
+    # A resumed sweep's experiment is the one stored with it, not --experiment.
+    experiment = (results[0].config or {}).get(EXPERIMENT_KEY, grid) if len(results) else grid
+    finished = sum(1 for r in results if r.error is None and "final_test_error" in r.metrics)
+    closed = close_unfinished_runs(uri, experiment, trial_ids)
+    experiment_id = ensure_experiment(MlflowClient(uri), experiment)
+    return SweepSummary(finished, len(results), len(closed), experiment_id)
+
+
+def print_summary(summary: SweepSummary, args: argparse.Namespace, uri: str, path: str) -> int:
+    """Print the UI link and how many trials finished; return the exit status."""
     # A local store's server has stopped: the link is for `mlflow ui` on its default port.
     ui = uri if is_http_uri(args.tracking_uri or "") else f"http://127.0.0.1:{UI_PORT}"
-    print(f"MLflow UI: {experiment_url(ui, experiment_id)}", flush=True)
-    total = len(results)
+    print(f"MLflow UI: {experiment_url(ui, summary.experiment_id)}", flush=True)
+    finished, total = summary.finished, summary.total
     print(f"sweep {args.grid}: {finished} of {total} trials finished; results in {path}")
     if finished < total:
         print(
-            f"{total - finished} trials failed or were interrupted ({len(closed)} runs marked "
+            f"{total - finished} trials failed or were interrupted ({summary.killed} runs marked "
             f"KILLED); continue with: python sweeps/launch.py {args.grid} --resume "
             f"--storage {args.storage}",
             file=sys.stderr,
         )
         return EXIT_UNFINISHED
     return 0
-
-
-def check_cluster(args: argparse.Namespace, configs: Sequence[TrialConfig], use_gpus: bool) -> None:
-    """Raise UsageError for settings under which no trial could run on this cluster."""
-    cuda = [c for c in configs if c.run.device == "cuda"]
-    if cuda and not use_gpus:
-        raise UsageError(
-            f"run.device='cuda': the cluster has no GPUs ({len(cuda)} trials ask for CUDA); "
-            "use run.device=auto or cpu, or --accelerator=gpu on a cluster whose GPU workers "
-            "are still starting"
-        )
-    tracking_uri = args.tracking_uri
-    if is_loopback(args.mlflow_host) and not (tracking_uri and is_http_uri(tracking_uri)):
-        here = ray.util.get_node_ip_address()
-        elsewhere = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]} - {here}
-        if elsewhere:
-            raise UsageError(
-                f"the cluster has nodes at {', '.join(sorted(elsewhere))}, which cannot reach "
-                f"the launcher's mlflow server on {args.mlflow_host}: give --tracking-uri of a "
-                "server with basic auth (docker/compose.yaml), or --mlflow-host with "
-                "--expose-tracking-server-without-auth"
-            )
-
-
-def check_sweep_path(path: str, resume: bool) -> None:
-    """Raise UsageError if --resume has nothing to resume, or a new sweep would overwrite one."""
-    exists = tune.Tuner.can_restore(path)
-    if resume and not exists:
-        raise UsageError(f"--resume: no sweep to resume at {path}")
-    if not resume and exists:
-        raise UsageError(
-            f"a sweep already exists at {path}: pass --resume to continue it, or choose "
-            "another --storage"
-        )
 
 
 def experiment_path(storage: str, grid: str) -> str:

@@ -13,11 +13,11 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from pipeline.tracking import server_problem
 
 PR_SET_PDEATHSIG = 1  # Linux prctl: signal the server if the launcher dies
 HEALTH_TIMEOUT_S = 5.0
@@ -172,6 +172,18 @@ class OpenServiceError(ValueError):
     """A server without authentication was asked to listen beyond this machine."""
 
 
+def refuse_open_server(host: str, allow_network: bool) -> None:
+    """Raise OpenServiceError if the launcher's server would listen beyond loopback unasked."""
+    # The server has no authentication: whoever reaches `host` could read and change the runs.
+    if not is_loopback(host) and not allow_network:
+        raise OpenServiceError(
+            f"--mlflow-host={host}: the launcher's mlflow server has no authentication, so it "
+            "listens on loopback only; add --expose-tracking-server-without-auth to open it to "
+            "that network anyway, or use a server with basic auth (docker/compose.yaml) via "
+            "--tracking-uri"
+        )
+
+
 def start_tracking_server(
     backend_store_uri: str,
     artifacts_destination: str | os.PathLike,
@@ -187,12 +199,7 @@ def start_tracking_server(
     The server has no authentication, so it listens only on a loopback address unless
     `allow_network` says the caller knowingly opens it to the network.
     """
-    if not is_loopback(host) and not allow_network:
-        raise OpenServiceError(
-            f"the launcher's MLflow server has no authentication: it listens on 127.0.0.1, "
-            f"not {host!r}, unless --expose-tracking-server-without-auth is given (or use a "
-            "server with basic auth, docker/compose.yaml, via --tracking-uri)"
-        )
+    refuse_open_server(host, allow_network)
     port = port or free_port(host)
     uri = f"http://{host}:{port}"
     # The store URI goes through the environment: argv is visible to every local user (ps),
@@ -285,3 +292,17 @@ def tracking_server(
         yield server
     finally:
         server.stop()
+
+
+def server_problem(uri: str, timeout: float = HEALTH_TIMEOUT_S) -> str | None:
+    """Return why the tracking server at `uri` fails its /health check, or None if it answers."""
+    # MLflow's client retries a dead server for minutes; callers ask once, quickly, first.
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            status = response.status
+    except urllib.error.HTTPError as error:
+        status = error.code  # it answered: e.g. 401 from a server with basic auth
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        return str(getattr(error, "reason", error))
+    return f"{url} answered HTTP {status}" if status >= 500 else None

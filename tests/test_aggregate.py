@@ -1,4 +1,4 @@
-"""analysis.collect / analysis/aggregate.py against a real MLflow store (SQLite under tmp_path)."""
+"""analysis.runs_to_tables and analysis/aggregate.py on a real MLflow store (SQLite, tmp_path)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,21 @@ from urllib.parse import urlparse
 
 import pandas as pd
 import pytest
-from conftest import write_cifar
-from iterconv_faults import InjectedFault, fail_as_epoch_starts
+from helpers import (
+    CIFAR_TINY_BLOCKS,
+    CIFAR_TINY_EXTRA,
+    REPO,
+    cifar_tiny_config,
+    create_experiments,
+    log_trial,
+    write_cifar,
+)
 from mlflow.tracking import MlflowClient
-from mlflow_fixtures import mlflow_server
 
 from analysis import aggregate as aggregate_cli
-from analysis.collect import (
+from analysis.conditions import with_conditions
+from analysis.report import summary_markdown
+from analysis.runs_to_tables import (
     CURVE_COLUMNS,
     ArtifactReader,
     aggregate,
@@ -26,61 +34,10 @@ from analysis.collect import (
     read_tables,
     write_tables,
 )
-from analysis.conditions import with_conditions
-from analysis.report import summary_markdown
-from pipeline.config import TrialConfig
 from pipeline.tracking import TrialRun
-from pipeline.train import run_trial
 
-__all__ = ["mlflow_server"]  # a fixture (a real `mlflow server` process) used below
-
-REPO = Path(__file__).resolve().parent.parent
-EXTRA = 3  # extra evaluations in the curves (small: keeps the trials quick)
-BLOCKS = 3  # residual blocks per stage of the tiny trials
-
-
-def tiny_config(data_root: Path, **updates: object) -> TrialConfig:
-    """Return a CPU-second trial config (width 4, 3 blocks, 2 epochs) with updates applied."""
-    base = {
-        "data.dataset": "cifar10",
-        "data.root": str(data_root),
-        "data.clutter_train_images": 200,
-        "data.clutter_test_images": 100,
-        "model.width": 4,
-        "model.blocks_per_stage": BLOCKS,
-        "optim.epochs": 2,
-        "optim.batch_size": 50,
-        "optim.warmup_epochs": 0,
-        "run.extra_evaluations": EXTRA,
-        "run.device": "cpu",
-        "run.threads": 1,
-    }
-    return TrialConfig().with_updates({**base, **updates})
-
-
-def create_experiments(uri: str, names: list[str], artifacts: Path) -> None:
-    """Create the experiments with artifacts under tmp (MLflow's default is ./mlruns)."""
-    client = MlflowClient(tracking_uri=uri)
-    for name in names:
-        if client.get_experiment_by_name(name) is None:
-            client.create_experiment(name, artifact_location=(artifacts / name).as_uri())
-
-
-def log_trial(uri: str, grid: str, config: TrialConfig, trial_id: str, outcome: str) -> str:
-    """Run a real trial and log it with pipeline.tracking; outcome finished, failed or running."""
-    run = TrialRun.open(uri, grid, trial_id, config, grid)
-    if outcome == "running":
-        return run.run_id
-    undo = fail_as_epoch_starts(1) if outcome == "failed" else (lambda: None)
-    try:
-        result = run_trial(config, report=lambda metrics, _: run.log_epoch(metrics))
-    except InjectedFault as error:
-        run.fail(error)
-        return run.run_id
-    finally:
-        undo()
-    run.finish(result)
-    return run.run_id
+EXTRA = CIFAR_TINY_EXTRA  # extra evaluations in the curves of the tiny trials
+BLOCKS = CIFAR_TINY_BLOCKS  # residual blocks per stage of the tiny trials
 
 
 def artifact_dir(uri: str, run_id: str) -> Path:
@@ -110,18 +67,18 @@ def fill_store(root: Path) -> Store:
     finished = []
     for n in (2, 3):
         for seed in (0, 1):
-            config = tiny_config(data_root, **{"model.blocks_per_stage": n, "run.seed": seed})
+            config = cifar_tiny_config(data_root, **{"model.blocks_per_stage": n, "run.seed": seed})
             finished.append(log_trial(uri, "smoke", config, f"t-n{n}-s{seed}", "finished"))
-    recurrent = tiny_config(data_root, **{"model.recurrent_init": True, "coupling.lam": 0.5})
+    recurrent = cifar_tiny_config(data_root, **{"model.recurrent_init": True, "coupling.lam": 0.5})
     finished.append(log_trial(uri, "smoke", recurrent, "t-rec", "finished"))
-    subset = tiny_config(data_root, **{"data.train_size": 100})
+    subset = cifar_tiny_config(data_root, **{"data.train_size": 100})
     finished.append(log_trial(uri, "other", subset, "t-subset", "finished"))
-    failed = log_trial(uri, "smoke", tiny_config(data_root), "t-failed", "failed")
-    running = log_trial(uri, "smoke", tiny_config(data_root), "t-running", "running")
-    corrupt = log_trial(uri, "smoke", tiny_config(data_root), "t-corrupt", "finished")
+    failed = log_trial(uri, "smoke", cifar_tiny_config(data_root), "t-failed", "failed")
+    running = log_trial(uri, "smoke", cifar_tiny_config(data_root), "t-running", "running")
+    corrupt = log_trial(uri, "smoke", cifar_tiny_config(data_root), "t-corrupt", "finished")
     (artifact_dir(uri, corrupt) / "curves.parquet").write_bytes(b"PAR1 truncated")
     # A configuration of its own: aggregation keeps one run per configuration.
-    params_only = tiny_config(data_root, **{"optim.lr": 0.05})
+    params_only = cifar_tiny_config(data_root, **{"optim.lr": 0.05})
     no_config = log_trial(uri, "other", params_only, "t-params-only", "finished")
     (artifact_dir(uri, no_config) / "config.json").unlink()
     return Store(
@@ -231,7 +188,7 @@ def test_new_and_reopened_runs_are_fetched_others_reused(store: Store, tmp_path:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "results"
     first = aggregate_to(uri, out, progress=False)
-    config = tiny_config(store.data_root, **{"run.seed": 7})
+    config = cifar_tiny_config(store.data_root, **{"run.seed": 7})
     added = log_trial(uri, "smoke", config, "t-new", "finished")
     reopened = TrialRun.open(uri, "smoke", "t-n2-s0", config, "smoke")  # a retried trial
     reopened.client.log_metric(reopened.run_id, "final_test_error", 0.123, step=10)
@@ -316,8 +273,10 @@ def test_aggregates_from_a_real_mlflow_server(mlflow_server, tmp_path: Path) -> 
     # Served artifacts: curves.parquet and config.json travel over HTTP, as on a cluster.
     data_root = write_cifar(tmp_path / "data", "cifar10", n_train=200, n_test=100)
     grid = "aggregate-over-http"
-    finished = log_trial(mlflow_server.uri, grid, tiny_config(data_root), "http-1", "finished")
-    failed = log_trial(mlflow_server.uri, grid, tiny_config(data_root), "http-2", "failed")
+    finished = log_trial(
+        mlflow_server.uri, grid, cifar_tiny_config(data_root), "http-1", "finished"
+    )
+    failed = log_trial(mlflow_server.uri, grid, cifar_tiny_config(data_root), "http-2", "failed")
     out = tmp_path / "results"
     result = aggregate_to(mlflow_server.uri, out, experiments=[grid], progress=False)
     assert list(result.runs["run_id"]) == [finished]
@@ -336,7 +295,9 @@ def test_served_artifacts_are_read_from_disk_without_the_server(
     # SQLite store and artifact folder directly, after the server is gone.
     data_root = write_cifar(tmp_path / "data", "cifar10", n_train=200, n_test=100)
     grid = "aggregate-from-disk"
-    finished = log_trial(mlflow_server.uri, grid, tiny_config(data_root), "disk-1", "finished")
+    finished = log_trial(
+        mlflow_server.uri, grid, cifar_tiny_config(data_root), "disk-1", "finished"
+    )
     over_http = aggregate_to(mlflow_server.uri, tmp_path / "http", [grid], progress=False)
     store = mlflow_server.backend_store_uri
     served = Path(store.removeprefix("sqlite:///")).parent / "artifacts"
@@ -356,7 +317,9 @@ def test_one_configuration_counts_once_across_experiments(tmp_path: Path) -> Non
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     data_root = write_cifar(tmp_path / "data", "cifar10", n_train=200, n_test=100)
     create_experiments(uri, ["fig3", "paper_grid"], tmp_path / "artifacts")
-    configs = [tiny_config(data_root, **{"run.seed": seed, "optim.epochs": 1}) for seed in (0, 1)]
+    configs = [
+        cifar_tiny_config(data_root, **{"run.seed": seed, "optim.epochs": 1}) for seed in (0, 1)
+    ]
     older = [log_trial(uri, "fig3", c, f"fig3-{i}", "finished") for i, c in enumerate(configs)]
     # Run-local keys (threads, device, data root) do not make a trial another one.
     elsewhere = [c.with_updates({"run.threads": 2}) for c in configs]
@@ -388,8 +351,8 @@ def test_a_diverged_run_is_a_row_at_chance_counted_in_the_summary(tmp_path: Path
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     data_root = write_cifar(tmp_path / "data", "cifar10", n_train=200, n_test=100)
     create_experiments(uri, ["smoke"], tmp_path / "artifacts")
-    fine = log_trial(uri, "smoke", tiny_config(data_root), "fine", "finished")
-    exploding = tiny_config(data_root, **{"optim.lr": 1e30, "run.seed": 1})
+    fine = log_trial(uri, "smoke", cifar_tiny_config(data_root), "fine", "finished")
+    exploding = cifar_tiny_config(data_root, **{"optim.lr": 1e30, "run.seed": 1})
     diverged = log_trial(uri, "smoke", exploding, "exploding", "finished")
     run = MlflowClient(uri).get_run(diverged)
     assert run.info.status == "FINISHED"

@@ -11,36 +11,36 @@ from urllib.parse import urlparse
 
 import pandas as pd
 import pytest
+from helpers import REPO
 from mlflow.tracking import MlflowClient
 
-from analysis.collect import CURVES_FILE, RUNS_FILE, aggregate_to, read_tables
-from analysis.pair import JOURNAL, write_tables_together
+from analysis.runs_to_tables import CURVES_FILE, RUNS_FILE, aggregate_to, read_tables
+from analysis.table_pair import JOURNAL, write_tables_together
 from pipeline.config import TrialConfig
 from pipeline.tracking import TrialRun
 from pipeline.train import TrialResult
-
-REPO = Path(__file__).resolve().parent.parent
 
 # A child process writes the new pair and is SIGKILLed at one point of the protocol.
 CRASHING_WRITER = textwrap.dedent(
     """
     import os, signal, sys
     import pandas as pd
-    from analysis import pair
+    from analysis import table_pair
 
     directory, crash_before = sys.argv[1], sys.argv[2]
     renamed = []
-    original = pair._replace
+    original = table_pair._replace
 
     def replace(source, target):
         if target.name == crash_before:
             os.kill(os.getpid(), signal.SIGKILL)  # dies here: no cleanup, no finally
         original(source, target)
 
-    pair._replace = replace
+    table_pair._replace = replace
     frame = lambda tag: pd.DataFrame({"version": [tag]})
-    pair.write_tables_together({"curves.parquet": frame("new"), "runs.parquet": frame("new")},
-                               directory)
+    table_pair.write_tables_together(
+        {"curves.parquet": frame("new"), "runs.parquet": frame("new")}, directory
+    )
     """
 )
 

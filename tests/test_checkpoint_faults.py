@@ -8,13 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.checkpoint import CHECKPOINT_NAME, CorruptCheckpointError, previous_checkpoint
 from pipeline.config import TrialConfig
-from pipeline.train import (
-    CHECKPOINT_NAME,
-    CorruptCheckpointError,
-    previous_checkpoint,
-    run_trial,
-)
+from pipeline.train import run_trial
 
 # Digitclutter-3 at its smallest: 4 steps an epoch, three epochs.
 CONFIG = {

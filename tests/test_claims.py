@@ -1,4 +1,4 @@
-"""analysis.claims: verdicts on synthetic runs.parquet tables whose answer is known (fast)."""
+"""analysis.verdicts: verdicts on synthetic runs.parquet tables whose answer is known (fast)."""
 
 from __future__ import annotations
 
@@ -9,20 +9,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import REPO
 
-from analysis.claims import (
-    CLAIMS,
+from analysis.claims import CLAIMS
+from analysis.report import claims_markdown, load_results
+from analysis.runs_to_tables import RUNS_FILE
+from analysis.verdicts import (
     CONTRADICTED,
     INCONCLUSIVE,
     REPRODUCED,
     TABLE_COLUMNS,
-    claims_markdown,
     claims_table,
 )
-from analysis.collect import RUNS_FILE
-from analysis.report import load_results
 
-REPO = Path(__file__).resolve().parent.parent
 # (recurrent_init, lam) of the five variants, in the paper's order
 VARIANTS = ((False, 0.0), (True, 0.0), (True, 0.5), (True, 0.9), (True, 1.0))
 FIGURES = [sys.executable, "analysis/figures.py"]

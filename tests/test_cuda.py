@@ -13,8 +13,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from test_indices import labelled_batches, trained_statistics_model
-from test_spectral import _dense, _scale
+from helpers import bn_scale, dense_matrix, labelled_batches, trained_statistics_model
 
 from models import ResNetConfig, build_model
 from models.resnet import ResidualBlock
@@ -94,7 +93,7 @@ def test_device_loader_on_cuda_gives_the_cpu_batches(cifar10_root: Path, train: 
 @pytest.mark.parametrize("mode", ["eager", "cuda_graph"])
 def test_bf16_training_steps_are_finite_and_lower_the_loss(cifar10_root: Path, mode: str) -> None:
     trial = build_trial(cifar_trial_config(cifar10_root), CUDA, step_mode=mode)
-    assert trial.mixed_precision
+    assert trial.step.mixed_precision
     assert trial.model.stem.weight.is_contiguous(memory_format=torch.channels_last)
     dtypes = []
     trial.model.head.fc.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
@@ -155,9 +154,9 @@ def test_spectral_bound_on_cuda_matches_dense_svd(
     block = block.to(CUDA).eval()
     block.power_iterate(500)  # the power iteration itself runs on the GPU
     cpu = block.to("cpu")
-    conv2 = _dense(lambda v: F.conv2d(v, cpu.conv2.weight, padding=1), channels, size)
-    bn_conv1 = _dense(
-        lambda v: _scale(cpu.bn2) * F.conv2d(_scale(cpu.bn1) * v, cpu.conv1.weight, padding=1),
+    conv2 = dense_matrix(lambda v: F.conv2d(v, cpu.conv2.weight, padding=1), channels, size)
+    bn_conv1 = dense_matrix(
+        lambda v: bn_scale(cpu.bn2) * F.conv2d(bn_scale(cpu.bn1) * v, cpu.conv1.weight, padding=1),
         channels,
         size,
     )

@@ -22,23 +22,19 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import LAUNCH, REPO, TINY_SWEEP, clean_env, explain, launch, runs_of, stop_group
 from mlflow import MlflowClient
-from mlflow_fixtures import sweep_data_root
-from system_helpers import stop_group
-from test_sweep import LAUNCH, REPO, TINY, clean_env, explain, launch, runs_of
 
 from pipeline.data import UnsafeDatasetError, load_dataset
-from pipeline.tracking import server_problem
 from sweeps.tracking_server import (
     OpenServiceError,
     free_port,
     mask_uri,
+    server_problem,
     split_credentials,
     start_tracking_server,
     tracking_server,
 )
-
-__all__ = ["sweep_data_root"]  # a fixture used below
 
 
 class CreatesAFile:
@@ -253,7 +249,7 @@ def test_sweep_with_a_password_leaks_it_nowhere(
         MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=password, RAY_TMPDIR=str(ray_tmp)
     )
     storage = tmp_path / "results"
-    one_epoch = [*[t for t in TINY if not t.startswith("optim.epochs=")], "optim.epochs=1"]
+    one_epoch = [*[t for t in TINY_SWEEP if not t.startswith("optim.epochs=")], "optim.epochs=1"]
     where = [f"--tracking-uri={uri}", f"--storage={storage}", f"--data-root={sweep_data_root}"]
     seen_in_argv = []
     try:

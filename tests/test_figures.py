@@ -15,17 +15,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import write_cifar
+from helpers import REPO, cifar_tiny_config, create_experiments, log_trial, write_cifar
 from matplotlib.figure import Figure
-from test_aggregate import create_experiments, log_trial, tiny_config
 
 from analysis import panels
 from analysis import paper_figures as pf
-from analysis.collect import aggregate_to
 from analysis.report import load_results, summary_markdown, write_summary
+from analysis.runs_to_tables import aggregate_to
 from analysis.toy import ToyConfig
 
-REPO = Path(__file__).resolve().parent.parent
 GRID = "figures"
 # (width, recurrent_init, lam, seed, extra updates): the conditions of the test store
 TRIALS = [
@@ -57,7 +55,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "run.seed": seed,
             **extra,
         }
-        log_trial(uri, GRID, tiny_config(data_root, **updates), f"trial-{i}", "finished")
+        log_trial(uri, GRID, cifar_tiny_config(data_root, **updates), f"trial-{i}", "finished")
     out = root / "results"
     aggregate_to(uri, out, progress=False)
     return out

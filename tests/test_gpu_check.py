@@ -9,16 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO
 
+from benchmarks.gpu_check import training_flops_per_image
+from benchmarks.pack import PackedResNet, packing_matches_separate
 from models import ResNetConfig, build_model, parameter_count
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from gpu_check import training_flops_per_image  # noqa: E402
-from pack import PackedResNet, packing_matches_separate  # noqa: E402
-
-from pipeline.calibration import DEFAULT_CALIBRATION, load_calibration  # noqa: E402
+from pipeline.calibration import DEFAULT_CALIBRATION, load_calibration
 
 
 def _state(path: Path) -> bytes | None:

@@ -7,9 +7,8 @@ import math
 import pandas as pd
 import pytest
 import torch
-import torch.nn.functional as F
+from helpers import labelled_batches, trained_statistics_model
 
-from models import ResNetConfig, build_model, converge_power_iteration
 from pipeline.indices import (
     iteration_indices,
     naive_perturbation_curves,
@@ -23,46 +22,6 @@ EXTRA = 3
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def trained_statistics_model(block: str, blocks: int = 3, num_classes: int = 10):
-    """Return a tiny ResNet with non-trivial BN running statistics and converged bounds."""
-    torch.manual_seed(0)
-    cfg = ResNetConfig(width=4, blocks_per_stage=blocks, block=block)
-    model = build_model(cfg, num_classes=num_classes)
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(32, 3, 32, 32))
-    converge_power_iteration(model)
-    return model
-
-
-def labelled_batches(model, task, sizes=(24, 9), correct_fraction=0.75):
-    """Return batches of smooth random images labelled mostly with the model's own answers."""
-    # Labels agreeing with the unperturbed network put e_final well below chance, so the
-    # perturbations move the error. Smooth images (2x2 noise, upsampled) vary the pooled
-    # features far more than pixel noise, which averages out to one answer for every image.
-    generator = torch.Generator().manual_seed(3)
-    batches = []
-    model.eval()
-    for size in sizes:
-        coarse = torch.randn(size, 3, 2, 2, generator=generator)
-        x = F.interpolate(coarse, size=32, mode="bilinear")
-        with torch.no_grad():
-            logits = model(x)
-        if task.multilabel:
-            top = logits.topk(task.digits_per_image, dim=1).indices
-            targets = torch.zeros(size, task.num_classes, dtype=torch.uint8).scatter_(1, top, 1)
-            random = torch.rand(size, task.num_classes, generator=generator).topk(3).indices
-            noise = torch.zeros_like(targets).scatter_(1, random, 1)
-        else:
-            targets = logits.argmax(dim=1)
-            noise = torch.randint(0, task.num_classes, (size,), generator=generator)
-        keep = torch.rand(size, generator=generator) < correct_fraction
-        keep = keep.view(-1, *([1] * (targets.dim() - 1)))
-        batches.append((x, torch.where(keep, targets, noise)))
-    return batches
 
 
 @pytest.mark.parametrize("dataset", ["cifar10", "digitclutter-3"])

@@ -9,21 +9,17 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import LAUNCH, REPO, TINY_SWEEP, require, system_env, wait_for
 from mlflow import MlflowClient
-from mlflow_fixtures import sweep_data_root
-from system_helpers import REPO, TINY, require, system_env, wait_for
 
 from pipeline.tracking import RUNS_VIEW
 from sweeps.tracking_server import TrackingServer, tracking_server
-
-__all__ = ["sweep_data_root"]  # fixture used below
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 # Headless, offline, and a fresh profile: what a first visit looks like.
@@ -39,7 +35,6 @@ CHROMIUM_FLAGS = (
     "--window-size=1400,900",
 )
 PAGE_TIMEOUT_S = 90.0  # the UI's first load on a busy 2-core machine
-LAUNCH = [sys.executable, str(REPO / "sweeps" / "launch.py")]
 
 
 @pytest.fixture
@@ -101,7 +96,7 @@ def test_ui_opens_the_runs_with_datasets_and_charts(
         [
             *LAUNCH,
             "smoke",
-            *TINY,
+            *TINY_SWEEP,
             "--limit=2",
             f"--tracking-uri={smoke_server.uri}",
             f"--storage={tmp_path / 'results'}",
@@ -137,8 +132,8 @@ def test_ui_opens_the_runs_with_datasets_and_charts(
     browser.get(links[-1])
     wait_for(
         redrawn(lambda: all(name in body_text(browser) for name in names)),
-        PAGE_TIMEOUT_S,
         f"the runs table to list {names}",
+        PAGE_TIMEOUT_S,
     )
     time.sleep(1)  # let the last cells paint before the screenshot
     browser.save_screenshot(str(tmp_path / "runs-table.png"))
@@ -155,7 +150,7 @@ def test_ui_opens_the_runs_with_datasets_and_charts(
         return " ".join(part.text for part in parts)
 
     rows = wait_for(
-        redrawn(lambda: [row_text(name) for name in names]), PAGE_TIMEOUT_S, "the table rows"
+        redrawn(lambda: [row_text(name) for name in names]), "the table rows", PAGE_TIMEOUT_S
     )
     for row in rows:
         assert "digitclutter-3 (" in row, row  # the Dataset column: name (digest)
@@ -188,8 +183,8 @@ def test_ui_opens_the_runs_with_datasets_and_charts(
         return card if lines else None
 
     try:
-        wait_for(redrawn(filter_charts), PAGE_TIMEOUT_S, "the run page's metric charts")
-        card = wait_for(redrawn(test_error_chart), PAGE_TIMEOUT_S, "the test_error chart")
+        wait_for(redrawn(filter_charts), "the run page's metric charts", PAGE_TIMEOUT_S)
+        card = wait_for(redrawn(test_error_chart), "the test_error chart", PAGE_TIMEOUT_S)
         time.sleep(1)
     finally:
         browser.save_screenshot(str(tmp_path / "run-test-error.png"))

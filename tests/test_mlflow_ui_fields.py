@@ -9,26 +9,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import clutter_tiny_config
 from mlflow import MlflowClient
-from mlflow_fixtures import mlflow_client, mlflow_server, sweep_data_root
-from test_tracking import tiny_config
 
+from pipeline.provenance import git_commit
+from pipeline.run_contents import NETWORK_ARTIFACT, WEIGHTS_ARTIFACT
 from pipeline.tracking import (
     EXPERIMENT_KIND_TAG,
     MODEL_TRAINING_KIND,
-    NETWORK_ARTIFACT,
-    WEIGHTS_ARTIFACT,
     TrialRun,
     describe,
     ensure_experiment,
     experiment_url,
-    git_commit,
-    load_trial_model,
 )
 from pipeline.train import run_trial
+from pipeline.trained_model import load_trial_model
 from sweeps.tracking_server import tracking_server
-
-__all__ = ["mlflow_client", "mlflow_server", "sweep_data_root"]  # fixtures used below
 
 
 def test_experiments_are_model_training_and_links_open_the_runs(
@@ -48,7 +44,7 @@ def test_experiments_are_model_training_and_links_open_the_runs(
 
 
 def test_description_says_the_condition_in_words(sweep_data_root: Path) -> None:
-    config = tiny_config(
+    config = clutter_tiny_config(
         sweep_data_root,
         **{"model.block": "icr", "model.recurrent_init": True, "coupling.lam": 0.9},
     )
@@ -69,7 +65,7 @@ def test_a_trial_run_fills_the_ui_fields(
     # Sample every second so that this few-second trial gets system metrics.
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
     experiment = f"exp-{uuid.uuid4().hex[:8]}"
-    config = tiny_config(sweep_data_root)
+    config = clutter_tiny_config(sweep_data_root)
     run = TrialRun.open(mlflow_server.uri, experiment, "trial_00000", config, grid="unit")
     seen: list = []
 

@@ -24,12 +24,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mlflow import MlflowClient
-from mlflow_fixtures import sweep_data_root
-from ray.autoscaler._private.util import prepare_config, validate_config
-from system_helpers import (
+from helpers import (
     REPO,
-    TINY,
+    TINY_SWEEP,
     daemon,
     processes_mentioning,
     require,
@@ -37,10 +34,10 @@ from system_helpers import (
     system_env,
     wait_for,
 )
+from mlflow import MlflowClient
+from ray.autoscaler._private.util import prepare_config, validate_config
 
 from sweeps.tracking_server import free_port
-
-__all__ = ["sweep_data_root"]  # fixture used below
 
 CONFIG = REPO / "sweeps" / "cluster-onprem.yaml"
 SSH_PORT = 22  # Ray's SSH runner has no port option: a lab server's sshd is on 22
@@ -146,7 +143,7 @@ def ssh_server(tmp_path: Path) -> Iterator[dict[str, str]]:
     command = ["unshare", "--pid", "--fork", "--mount", "--mount-proc", "sh", "-c", setup]
     try:
         with daemon(command, tmp_path / "sshd.log"):
-            wait_for(lambda: not port_is_free(SSH_PORT), 30, "sshd on 127.0.0.1")
+            wait_for(lambda: not port_is_free(SSH_PORT), "sshd on 127.0.0.1", 30)
             own = os.readlink("/proc/self/ns/pid")
             mentioning = processes_mentioning(f"-f {root}/sshd_config", pids=True)
             (sshd,) = [pid for pid in mentioning if os.readlink(f"/proc/{pid}/ns/pid") != own]
@@ -224,7 +221,7 @@ def test_ray_up_submit_down_on_a_lab_server(
             "--",
             "smoke",
             "--limit=2",
-            *TINY,
+            *TINY_SWEEP,
             "--mlflow-host=127.0.0.1",  # one server: keep MLflow on loopback
             timeout=900,
         )
@@ -237,8 +234,8 @@ def test_ray_up_submit_down_on_a_lab_server(
     # `ray down` stopped the server's Ray: no Ray process is left in the server's namespace.
     wait_for(
         lambda: not ray_processes_in(ssh_server["pid_namespace"]),
-        60,
         "the lab server's Ray processes to stop",
+        60,
     )
     client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("smoke")

@@ -6,14 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import write_cifar
-from mlflow_fixtures import sweep_data_root
-from test_sweep import TINY, explain, launch
+from helpers import TINY_SWEEP, explain, launch, write_cifar
 
 from pipeline.config import TrialConfig
-from sweeps.cli import UsageError, prepare_data
-
-__all__ = ["sweep_data_root"]  # a fixture used below
+from sweeps.preflight import UsageError, prepare_data
 
 
 def refused(storage: Path, *args: str) -> str:
@@ -27,7 +23,7 @@ def refused(storage: Path, *args: str) -> str:
 
 def test_batch_larger_than_the_training_split(tmp_path: Path, sweep_data_root: Path) -> None:
     error = refused(
-        tmp_path / "results", *TINY, "optim.batch_size=600", f"--data-root={sweep_data_root}"
+        tmp_path / "results", *TINY_SWEEP, "optim.batch_size=600", f"--data-root={sweep_data_root}"
     )
     assert "optim.batch_size=600: larger than the 512 training images of digitclutter-3" in error
     assert "allowed are 1..512" in error
@@ -81,7 +77,7 @@ def test_cuda_on_a_cluster_without_gpus(tmp_path: Path, sweep_data_root: Path) -
     # Only the cluster knows it has no GPU: Ray starts, nothing else does.
     error = refused(
         tmp_path / "results",
-        *TINY,
+        *TINY_SWEEP,
         "run.device=cuda",
         "--limit=2",
         f"--data-root={sweep_data_root}",

@@ -19,11 +19,9 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
-from mlflow_fixtures import sweep_data_root
-from system_helpers import (
+from helpers import (
     REPO,
-    TINY,
+    TINY_SWEEP,
     daemon,
     processes_mentioning,
     require,
@@ -31,10 +29,9 @@ from system_helpers import (
     system_env,
     wait_for,
 )
+from mlflow import MlflowClient
 
 from sweeps.tracking_server import free_port
-
-__all__ = ["sweep_data_root"]  # fixture used below
 
 SLURM_CONF = """\
 ClusterName=iterconv-test
@@ -103,7 +100,7 @@ def slurm(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[dict[str, 
     munged += [f"--log-file={root}/munged.log", f"--seed-file={root}/munged.seed"]
     with ExitStack() as stack:
         stack.enter_context(daemon(munged, tmp_path / "munged.out"))
-        wait_for(lambda: (root / "munge.sock").exists(), 30, "munged's socket")
+        wait_for(lambda: (root / "munge.sock").exists(), "munged's socket", 30)
         stack.enter_context(daemon(["slurmctld", "-D", "-f", str(conf)], tmp_path / "ctld.out"))
         stack.enter_context(daemon(["slurmd", "-D", "-f", str(conf)], tmp_path / "slurmd.out"))
 
@@ -113,7 +110,7 @@ def slurm(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[dict[str, 
             )
             return state.stdout.strip() == "idle"
 
-        wait_for(node_idle, 60, "the SLURM node to be idle")
+        wait_for(node_idle, "the SLURM node to be idle", 60)
         try:
             yield env
         finally:
@@ -124,7 +121,7 @@ def slurm(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[dict[str, 
                 queue = subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True)
                 return queue.returncode == 0 and not queue.stdout.strip()
 
-            wait_for(queue_empty, 60, "the SLURM queue to empty")
+            wait_for(queue_empty, "the SLURM queue to empty", 60)
 
 
 @pytest.mark.slow
@@ -152,7 +149,7 @@ def test_sbatch_runs_the_smoke_sweep_on_ray(
             f"--output={log}",
             "sweeps/slurm/iterconv.sbatch",
             "smoke",
-            *TINY,
+            *TINY_SWEEP,
             "--limit=2",
             f"--storage={storage}",
             f"--data-root={sweep_data_root}",
@@ -176,4 +173,4 @@ def test_sbatch_runs_the_smoke_sweep_on_ray(
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert len({r.data.tags["ray_node_id"] for r in runs}) == 1  # the job's one Ray node
     # The job's end stopped its Ray: nothing of that cluster is left running.
-    wait_for(lambda: not processes_mentioning(ray_temp), 60, f"the job's Ray ({ray_temp}) to stop")
+    wait_for(lambda: not processes_mentioning(ray_temp), f"the job's Ray ({ray_temp}) to stop", 60)

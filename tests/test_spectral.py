@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import bn_scale, dense_matrix
 
 from models import ResNetConfig, build_model, converge_power_iteration
 from models.resnet import ResidualBlock, Stage
@@ -31,24 +32,13 @@ def _random_block(channels: int, size: int, seed: int, proper: bool = False) -> 
     return block
 
 
-def _dense(operator, channels: int, size: int, dtype=torch.float32) -> torch.Tensor:
-    """Return the matrix of a linear map on channels x size x size feature maps."""
-    n = channels * size * size
-    basis = torch.eye(n, dtype=dtype).view(n, channels, size, size)
-    return operator(basis).reshape(n, n).T
-
-
-def _scale(bn: torch.nn.BatchNorm2d) -> torch.Tensor:
-    return (bn.weight / torch.sqrt(bn.running_var + bn.eps)).view(1, -1, 1, 1)
-
-
 @pytest.mark.parametrize(("channels", "size", "seed"), [(2, 6, 0), (3, 6, 1), (3, 8, 2)])
 def test_each_factor_matches_dense_svd(channels: int, size: int, seed: int) -> None:
     block = _random_block(channels, size, seed)
-    conv2 = _dense(lambda v: F.conv2d(v, block.conv2.weight, padding=1), channels, size)
-    bn_conv1 = _dense(
+    conv2 = dense_matrix(lambda v: F.conv2d(v, block.conv2.weight, padding=1), channels, size)
+    bn_conv1 = dense_matrix(
         lambda v: (
-            _scale(block.bn2) * F.conv2d(_scale(block.bn1) * v, block.conv1.weight, padding=1)
+            bn_scale(block.bn2) * F.conv2d(bn_scale(block.bn1) * v, block.conv1.weight, padding=1)
         ),
         channels,
         size,
@@ -156,7 +146,7 @@ def test_converge_power_iteration_reaches_dense_norm() -> None:
     iterations = converge_power_iteration(model, tolerance=1e-6, max_iterations=1000)
     assert 0 < iterations <= 1000
     block = model.stages[2].blocks[1]  # 8 channels at 8x8
-    conv2 = _dense(lambda v: F.conv2d(v, block.conv2.weight, padding=1), 8, 8)
+    conv2 = dense_matrix(lambda v: F.conv2d(v, block.conv2.weight, padding=1), 8, 8)
     with torch.no_grad():
         exact = float(torch.linalg.matrix_norm(conv2, 2))
     assert float(block.lipschitz_factors()[0]) == pytest.approx(exact, rel=1e-3)
@@ -180,7 +170,7 @@ def test_the_float64_estimate_keeps_float64_accuracy() -> None:
     # At the exact top singular vector, ||A v|| is sigma to float64 round-off (~1e-16); a
     # float32 estimate would be off by ~1e-7.
     block = _random_block(3, 6, seed=4).double()
-    conv2 = _dense(lambda v: F.conv2d(v, block.conv2.weight, padding=1), 3, 6, torch.float64)
+    conv2 = dense_matrix(lambda v: F.conv2d(v, block.conv2.weight, padding=1), 3, 6, torch.float64)
     with torch.no_grad():
         _, sigmas, right = torch.linalg.svd(conv2)
         block.spectral.v_conv2.copy_(right[0].view(1, 3, 6, 6))

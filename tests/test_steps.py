@@ -79,7 +79,7 @@ def test_step_modes_are_checked(cifar10_root: Path) -> None:
 def test_evaluation_is_fp32_even_when_training_uses_bf16(cifar10_root: Path) -> None:
     # bf16 autocast exists on the CPU too: turn it on for training and watch the read-out.
     trial = tiny_trial(cifar10_root)
-    trial.mixed_precision = trial.step.mixed_precision = True
+    trial.step.mixed_precision = True
     dtypes: list[torch.dtype] = []
     trial.model.head.fc.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
     inputs, targets = next(iter(trial.train_loader))

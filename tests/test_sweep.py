@@ -7,10 +7,8 @@ indices, retries into the same run, a resumed sweep that runs only what was unfi
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
-import os
 import re
 import secrets
 import shutil
@@ -19,21 +17,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
+from helpers import LAUNCH, REPO, TINY_SWEEP, clean_env, explain, launch, ray_node, runs_of
 from iterconv_faults import fault_environment
 from mlflow import MlflowClient
-from mlflow_fixtures import mlflow_server, sweep_data_root
 from ray.autoscaler._private.util import prepare_config, validate_config
-from system_helpers import TINY  # a smaller smoke trial, for the tests of the plumbing
 
-from analysis.collect import aggregate_to, read_tables
 from analysis.conditions import with_conditions
 from analysis.report import write_summary
+from analysis.runs_to_tables import aggregate_to, read_tables
 from sweeps.grids import GRIDS, SMOKE_BASE
 from sweeps.tracking_server import (
     TrackingUnreachableError,
@@ -42,43 +38,9 @@ from sweeps.tracking_server import (
     tracking_server,
 )
 
-__all__ = ["mlflow_server", "sweep_data_root"]  # fixtures used below
-
-REPO = Path(__file__).resolve().parent.parent
-LAUNCH = [sys.executable, str(REPO / "sweeps" / "launch.py")]
 INDEX_KEYS = {"ci", "ri", "di", "ci_stage1", "ri_stage2", "di_stage3"}
 SMOKE_SLICE = 4  # trials of the smoke grid the slow test runs: CI time
 SMOKE_MAX_ERROR = 0.9  # test error every smoke trial ends below (chance: 0.992)
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """Return the environment of a launcher subprocess: no inherited sweep defaults."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ITERCONV_", "RAY_ADDRESS"))}
-    return {**env, **extra}
-
-
-def launch(*args: str, env: dict[str, str] | None = None, timeout: float = 420):
-    """Run `python sweeps/launch.py ARGS` to completion; return the CompletedProcess."""
-    return subprocess.run(
-        [*LAUNCH, *args],
-        cwd=REPO,
-        env=env or clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def runs_of(client: MlflowClient, experiment: str) -> list:
-    """Return every run of an experiment (none if it does not exist)."""
-    found = client.get_experiment_by_name(experiment)
-    return client.search_runs([found.experiment_id]) if found else []
-
-
-def explain(result: subprocess.CompletedProcess) -> str:
-    """Return the end of a launcher's output, for assertion messages."""
-    out, err = result.stdout[-3000:], result.stderr[-3000:]
-    return f"rc={result.returncode}\nstdout:\n{out}\nstderr:\n{err}"
 
 
 # Bad input: a clear message, exit status 2, nothing started.
@@ -216,35 +178,6 @@ def test_smoke_grid_on_local_ray(tmp_path: Path, sweep_data_root: Path) -> None:
             assert run.data.metrics["final_test_error"] < SMOKE_MAX_ERROR, run.info.run_name
 
 
-@contextlib.contextmanager
-def ray_node(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
-    """Run `ray start ... --block` until the with-block ends; stop exactly that node."""
-    ray = str(Path(sys.executable).with_name("ray"))
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [ray, "start", *args, "--block"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while b"Ray runtime started" not in log.read_bytes():
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.5)
-        yield process
-    finally:
-        # SIGTERM to the blocking `ray start`: it drains and stops the processes it started.
-        process.terminate()
-        try:
-            process.wait(90)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
 @pytest.mark.slow
 def test_two_node_cluster_places_trials_on_both_nodes(
     tmp_path: Path, mlflow_server, sweep_data_root: Path
@@ -264,7 +197,7 @@ def test_two_node_cluster_places_trials_on_both_nodes(
         ):
             result = launch(
                 "smoke",
-                *[item for item in TINY if not item.startswith("optim.epochs=")],
+                *[item for item in TINY_SWEEP if not item.startswith("optim.epochs=")],
                 "optim.epochs=1",
                 "--limit=4",
                 f"--address=127.0.0.1:{port}",
@@ -295,7 +228,7 @@ def test_failed_trial_is_retried_into_the_same_run(
     fault = fault_environment(2, tmp_path / "fault-fired")
     result = launch(
         "smoke",
-        *TINY,
+        *TINY_SWEEP,
         "--limit=1",
         f"--tracking-uri={mlflow_server.uri}",
         f"--experiment={experiment}",
@@ -322,7 +255,7 @@ def test_a_diverged_trial_is_counted_not_retried(
     experiment = "diverged"
     result = launch(
         "smoke",
-        *TINY,
+        *TINY_SWEEP,
         "optim.lr=1e30",
         "optim.warmup_epochs=0",
         "--limit=1",
@@ -362,7 +295,7 @@ def test_interrupted_sweep_resumes_only_unfinished_trials(
     log = tmp_path / "first.log"
     with open(log, "w") as out:
         first = subprocess.Popen(
-            [*LAUNCH, "smoke", *TINY, "--limit=3", "--max-concurrent=1", *common],
+            [*LAUNCH, "smoke", *TINY_SWEEP, "--limit=3", "--max-concurrent=1", *common],
             cwd=REPO,
             env=clean_env(),
             stdout=out,

@@ -17,19 +17,26 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import (
+    LAUNCH,
+    REPO,
+    TINY_SWEEP,
+    clean_env,
+    explain,
+    launch,
+    ray_node,
+    runs_of,
+    wait_for,
+)
 from iterconv_faults import sweep_fault_environment
 from mlflow import MlflowClient
-from mlflow_fixtures import mlflow_server, sweep_data_root
-from test_sweep import LAUNCH, REPO, TINY, clean_env, explain, launch, ray_node, runs_of
 
 from pipeline.config import TrialConfig
 from sweeps.tracking_server import free_port, tracking_server
-
-__all__ = ["mlflow_server", "sweep_data_root"]  # fixtures used below
 
 # How long the tracking server stays stopped (SIGSTOP ... SIGCONT): the issue's 60 s, well
 # past MLflow's 5 s health check yet inside its 120 s request timeout, so trials wait.
@@ -40,17 +47,6 @@ FINAL_KEYS = ("final_test_error", "ci", "epochs")
 def fault_env(fault_dir: Path, *faults: str, **extra: str) -> dict[str, str]:
     """Return a launcher environment with the fault hook on PYTHONPATH and `faults` armed."""
     return clean_env(**sweep_fault_environment(fault_dir, *faults), **extra)
-
-
-def wait_for(condition: Callable[[], object], what: str, timeout: float = 300) -> object:
-    """Return condition()'s first truthy value, polling; fail naming `what` after timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
 
 
 def held(fault_dir: Path, epoch: int) -> list[tuple[str, int]]:
@@ -110,7 +106,7 @@ def test_half_made_run_and_half_finished_finish_complete_the_same_run(
     env = fault_env(tmp_path / "faults", "fail_params", "fail_config_json", "fail_curves")
     result = launch(
         "smoke",
-        *TINY,
+        *TINY_SWEEP,
         "--limit=1",
         "--max-failures=4",
         "--checkpoint-interval=0",
@@ -164,7 +160,7 @@ def test_tracking_server_killed_and_stopped_mid_sweep(
     faults, storage = tmp_path / "faults", tmp_path / "results"
     env = fault_env(faults, "hold_before_epoch=2", "hold_before_epoch=3")
     out, err = tmp_path / "stdout", tmp_path / "stderr"
-    tiny = [*[t for t in TINY if not t.startswith("optim.epochs=")], "optim.epochs=3"]
+    tiny = [*[t for t in TINY_SWEEP if not t.startswith("optim.epochs=")], "optim.epochs=3"]
     common = [f"--storage={storage}", f"--data-root={sweep_data_root}"]
     with open(out, "w") as stdout, open(err, "w") as stderr:
         launcher = subprocess.Popen(
@@ -208,7 +204,7 @@ def test_launcher_killed_then_resumed(tmp_path: Path, sweep_data_root: Path) -> 
     out = tmp_path / "first.log"
     with open(out, "w") as log:
         launcher = subprocess.Popen(
-            [*LAUNCH, "smoke", *TINY, "--limit=3", "--max-concurrent=1", *common],
+            [*LAUNCH, "smoke", *TINY_SWEEP, "--limit=3", "--max-concurrent=1", *common],
             cwd=REPO,
             env=fault_env(faults, "hold_before_epoch=2"),
             stdout=log,
@@ -286,7 +282,14 @@ def test_worker_node_dies_mid_trial(tmp_path: Path, mlflow_server, sweep_data_ro
             out = tmp_path / "launcher.log"
             with open(out, "w") as log:
                 launcher = subprocess.Popen(
-                    [*LAUNCH, "smoke", *TINY, "--limit=2", "--checkpoint-interval=0", *cluster],
+                    [
+                        *LAUNCH,
+                        "smoke",
+                        *TINY_SWEEP,
+                        "--limit=2",
+                        "--checkpoint-interval=0",
+                        *cluster,
+                    ],
                     cwd=REPO,
                     env=env,
                     stdout=log,

@@ -8,48 +8,23 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import clutter_tiny_config
 from iterconv_faults import InjectedFault
 from mlflow import MlflowClient
-from mlflow_fixtures import mlflow_client, mlflow_server, sweep_data_root
 
 from pipeline.config import TrialConfig
+from pipeline.provenance import _read_git_head, git_commit
+from pipeline.run_contents import EPOCH_HISTORY_METRIC, FINAL_METRIC_KEYS, TRIAL_ID_TAG
 from pipeline.tracking import (
-    EPOCH_HISTORY_METRIC,
-    FINAL_METRIC_KEYS,
-    TRIAL_ID_TAG,
     TrialRun,
-    _read_git_head,
     close_unfinished_runs,
     ensure_experiment,
     find_trial_run,
-    git_commit,
     run_name,
 )
 from pipeline.train import run_trial
 
-__all__ = ["mlflow_client", "mlflow_server", "sweep_data_root"]  # fixtures used below
-
 INDEX_KEYS = ["ci", "ri", "di"] + [f"{i}_stage{s}" for i in ("ci", "ri", "di") for s in (1, 2, 3)]
-
-
-def tiny_config(root: Path, **updates: object) -> TrialConfig:
-    """Return a trial that trains in seconds on CPU."""
-    return TrialConfig.from_dict(
-        {
-            "data.dataset": "digitclutter-3",
-            "data.root": str(root),
-            "data.clutter_train_images": 256,
-            "data.clutter_test_images": 128,
-            "data.index_examples": 64,
-            "model.width": 4,
-            "model.blocks_per_stage": 2,
-            "optim.epochs": 3,
-            "optim.batch_size": 64,
-            "run.extra_evaluations": 2,
-            "run.threads": 1,
-            **updates,
-        }
-    )
 
 
 @pytest.mark.parametrize(
@@ -106,7 +81,7 @@ def test_retried_trial_logs_into_one_run_each_epoch_once(
     mlflow_server, mlflow_client: MlflowClient, sweep_data_root: Path, tmp_path: Path, inject_fault
 ) -> None:
     experiment, trial_id = f"exp-{uuid.uuid4().hex[:8]}", "trial_00000"
-    config = tiny_config(sweep_data_root)
+    config = clutter_tiny_config(sweep_data_root)
     inject_fault(2)
     checkpoints = str(tmp_path / "checkpoints")
 
@@ -169,7 +144,7 @@ def test_close_unfinished_runs_marks_only_running_ones(
     mlflow_server, mlflow_client: MlflowClient, sweep_data_root: Path
 ) -> None:
     experiment = f"exp-{uuid.uuid4().hex[:8]}"
-    config = tiny_config(sweep_data_root)
+    config = clutter_tiny_config(sweep_data_root)
     running = TrialRun.open(mlflow_server.uri, experiment, "t1", config, grid="unit")
     failed = TrialRun.open(mlflow_server.uri, experiment, "t2", config, grid="unit")
     failed.fail(RuntimeError("boom"))

@@ -16,10 +16,10 @@ import torch
 from iterconv_faults import InjectedFault
 
 from models import parameter_count
+from pipeline.checkpoint import CHECKPOINT_NAME
 from pipeline.config import TrialConfig, network_shape
 from pipeline.tasks import task_for
 from pipeline.train import (
-    CHECKPOINT_NAME,
     DivergenceError,
     TrialResult,
     build_trial,
@@ -85,7 +85,7 @@ CLUTTER = {
     "run.threads": 1,
 }
 # For the mechanics (checkpoints, resume, failures), not for learning: 4 steps per epoch.
-TINY = {
+TINY_TRIAL = {
     "data.train_size": 256,
     "data.index_examples": 100,
     "optim.batch_size": 64,
@@ -179,7 +179,7 @@ def uninterrupted(
     directory = tmp_path_factory.mktemp("uninterrupted")
     (directory / "epoch1").mkdir()
     reports = Reports(copy_after_epoch_1=directory / "epoch1" / CHECKPOINT_NAME)
-    result = run_trial(clutter_config(clutter_root, TINY), reports, str(directory))
+    result = run_trial(clutter_config(clutter_root, TINY_TRIAL), reports, str(directory))
     return result, directory, reports
 
 
@@ -224,7 +224,7 @@ def test_resume_after_injected_fault_is_bit_identical(
     uninterrupted, clutter_root: str, tmp_path: Path, inject_fault
 ) -> None:
     reference, reference_dir, _ = uninterrupted
-    config = clutter_config(clutter_root, TINY)
+    config = clutter_config(clutter_root, TINY_TRIAL)
     inject_fault(2)
     reports = Reports()
     with pytest.raises(InjectedFault, match="epoch 2 starts"):
@@ -250,7 +250,7 @@ def test_resume_from_a_copied_epoch_1_checkpoint_is_bit_identical(
     shutil.copy(reference_dir / "epoch1" / CHECKPOINT_NAME, tmp_path / CHECKPOINT_NAME)
     assert checkpoint(tmp_path)["epoch"] == 1
     reports = Reports()
-    resumed = run_trial(clutter_config(clutter_root, TINY), reports, str(tmp_path))
+    resumed = run_trial(clutter_config(clutter_root, TINY_TRIAL), reports, str(tmp_path))
     assert [m["epoch"] for m, _, _ in reports.calls] == [2]
     assert_same_training_state(tmp_path, reference_dir)
     assert resumed.history[0] == reference.history[0]  # restored, timings included
@@ -264,7 +264,7 @@ def test_checkpoint_at_the_last_epoch_goes_straight_to_the_indices(
     reference, reference_dir, _ = uninterrupted
     shutil.copy(reference_dir / CHECKPOINT_NAME, tmp_path / CHECKPOINT_NAME)
     reports = Reports()
-    result = run_trial(clutter_config(clutter_root, TINY), reports, str(tmp_path))
+    result = run_trial(clutter_config(clutter_root, TINY_TRIAL), reports, str(tmp_path))
     assert reports.calls == []
     assert result.history == reference.history
     assert result.summary() == reference.summary()
@@ -276,13 +276,13 @@ def test_checkpoint_of_another_trial_is_refused(
     _, reference_dir, _ = uninterrupted
     shutil.copy(reference_dir / CHECKPOINT_NAME, tmp_path / CHECKPOINT_NAME)
     with pytest.raises(ValueError, match=r"another trial: optim\.lr=0\.4 there, 0\.3 here"):
-        run_trial(clutter_config(clutter_root, TINY, {"optim.lr": 0.3}), None, str(tmp_path))
+        run_trial(clutter_config(clutter_root, TINY_TRIAL, {"optim.lr": 0.3}), None, str(tmp_path))
 
 
 def test_a_diverged_trial_is_a_result_at_chance_with_undefined_indices(
     clutter_root: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    config = clutter_config(clutter_root, TINY, {"optim.lr": 1e30, "optim.warmup_epochs": 0})
+    config = clutter_config(clutter_root, TINY_TRIAL, {"optim.lr": 1e30, "optim.warmup_epochs": 0})
     result = run_trial(config)  # returns: Tune must not retry a bit-exact repeat of this
     assert result.diverged and result.diverged_epoch == 1
     task = config.task
@@ -296,7 +296,7 @@ def test_a_diverged_trial_is_a_result_at_chance_with_undefined_indices(
 
 
 def test_non_finite_loss_names_epoch_and_step(clutter_root: str) -> None:
-    config = clutter_config(clutter_root, TINY, {"optim.lr": 1e30, "optim.warmup_epochs": 0})
+    config = clutter_config(clutter_root, TINY_TRIAL, {"optim.lr": 1e30, "optim.warmup_epochs": 0})
     trial = build_trial(config, torch.device("cpu"))
     with pytest.raises(DivergenceError, match=r"diverged at epoch 1, step \d+ of 4") as error:
         train_epoch(trial, 1)
@@ -305,7 +305,9 @@ def test_non_finite_loss_names_epoch_and_step(clutter_root: str) -> None:
 
 def test_evaluation_runs_in_full_precision_when_training_is_mixed(clutter_root: str) -> None:
     # On CUDA training runs under bf16 autocast; here bf16 autocast on the CPU stands in.
-    config = clutter_config(clutter_root, TINY, {"optim.epochs": 1, "data.index_examples": 32})
+    config = clutter_config(
+        clutter_root, TINY_TRIAL, {"optim.epochs": 1, "data.index_examples": 32}
+    )
     trial = build_trial(config, torch.device("cpu"))
     trial.step.mixed_precision = True
     seen: list[tuple[str, bool, torch.dtype]] = []
@@ -335,7 +337,7 @@ def run_epoch_metrics() -> dict[str, float]:
 def test_coupled_icr_trial_runs_end_to_end(clutter_root: str, tmp_path: Path) -> None:
     config = clutter_config(
         clutter_root,
-        TINY,
+        TINY_TRIAL,
         {
             "model.block": "icr",
             "model.recurrent_init": True,

@@ -12,7 +12,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -37,6 +37,18 @@ def write_tables_together(frames: Mapping[str, pd.DataFrame], directory: str | o
     _replace(journal, directory / JOURNAL)  # the commit point
     _fsync(directory)
     _apply(directory)
+
+
+def read_tables_together(
+    directory: str | os.PathLike, names: Sequence[str]
+) -> dict[str, pd.DataFrame]:
+    """Return {name: table} of those of the named tables that exist, after `recover`."""
+    directory = Path(directory)
+    if directory.is_dir():
+        recover(directory)  # a write interrupted after its commit point
+    return {
+        name: pd.read_parquet(directory / name) for name in names if (directory / name).exists()
+    }
 
 
 def recover(directory: str | os.PathLike) -> None:

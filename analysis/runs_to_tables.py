@@ -31,7 +31,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -44,24 +44,33 @@ from mlflow.tracking import MlflowClient
 from tqdm import tqdm
 
 import vocabulary
-from analysis.pair import recover, write_tables_together
-from models.checked import allowed_types
-from pipeline.config import RUN_LOCAL_KEYS, SECTIONS, TrialConfig, flat_keys, parse_value
+from analysis.table_pair import read_tables_together, write_tables_together
+from models.typed_fields import allowed_types
+from pipeline.config import SECTIONS, TrialConfig, flat_keys, identity_keys, parse_value
+from pipeline.run_contents import (
+    CONFIG_ARTIFACT,
+    CURVE_METRIC_PREFIX,
+    CURVES_ARTIFACT,
+    DIVERGED_TAG,
+    GIT_COMMIT_TAG,
+    GRID_TAG,
+    TRIAL_ID_TAG,
+)
 
 RUNS_FILE = "runs.parquet"
 CURVES_FILE = "curves.parquet"
-CURVES_ARTIFACT = "curves.parquet"
-CONFIG_ARTIFACT = "config.json"
 ARTIFACTS = (CONFIG_ARTIFACT, CURVES_ARTIFACT)
 BASE_COLUMNS = ("run_id", "run_name", "experiment", "status", "grid", "trial_id", "git_commit")
 TIME_COLUMNS = ("start_time", "end_time")
 DIVERGED, DROPPED = "diverged", "dropped_run_ids"
+# The columns read from a run's tags, by tag.
+TAG_COLUMNS = {GRID_TAG: "grid", TRIAL_ID_TAG: "trial_id", GIT_COMMIT_TAG: "git_commit"}
+TAG_COLUMNS[DIVERGED_TAG] = DIVERGED
 CURVE_COLUMNS = ("run_id", *vocabulary.CURVE_COLUMNS)
 CURVE_DTYPES = dict(
     zip(CURVE_COLUMNS, ("string", "int64", "string", "int64", "float64"), strict=True)
 )
 STILL = {"RUNNING": " (still running)", "SCHEDULED": " (still running)"}
-CURVE_METRIC_PREFIX = "curve/"  # stepped copies of the curves, for the MLflow UI
 # The pandas dtype of a config column by its field's type: (no run holds None, some do).
 DTYPES = {
     bool: ("bool", "boolean"),
@@ -144,18 +153,21 @@ def search_runs(client: MlflowClient, experiments: dict[str, str]) -> dict[str, 
 
 def runs_table(runs: dict[str, Run], experiments: dict[str, str]) -> pd.DataFrame:
     """Return what the search tells of each run, one row per run: names, status, times."""
-    # `grid`, `git_commit` and `ray_trial_id` are tags; the rest is the run's info.
-    extra = ["experiment_id", "ray_trial_id"]
-    rows = [run.data.tags | dict(run.info) for run in runs.values()]
-    table = pd.DataFrame(rows, columns=[*BASE_COLUMNS, *TIME_COLUMNS, DIVERGED, *extra])
+    # The TAG_COLUMNS are tags; the rest is the run's info.
+    rows = [
+        {TAG_COLUMNS.get(tag, tag): value for tag, value in run.data.tags.items()} | dict(run.info)
+        for run in runs.values()
+    ]
+    table = pd.DataFrame(rows, columns=[*BASE_COLUMNS, *TIME_COLUMNS, DIVERGED, "experiment_id"])
     table[DIVERGED] = table[DIVERGED].eq("true")
     table["experiment"] = table["experiment_id"].map(experiments)
     table["grid"] = table["grid"].fillna(table["experiment"])
-    table["trial_id"] = table["ray_trial_id"]
     table["run_name"] = table["run_name"].fillna("")
     for column in TIME_COLUMNS:
         table[column] = pd.to_datetime(table[column], unit="ms", utc=True)
-    return table.astype({c: "datetime64[ms, UTC]" for c in TIME_COLUMNS}).drop(columns=extra)
+    return table.astype({c: "datetime64[ms, UTC]" for c in TIME_COLUMNS}).drop(
+        columns="experiment_id"
+    )
 
 
 def final_metrics(run: Run) -> dict[str, float]:
@@ -207,7 +219,7 @@ def fetch_run(reader: ArtifactReader, run: Run) -> tuple[dict[str, Any], pd.Data
             raise CorruptRunError(f"no artifact {CURVES_ARTIFACT}")
         # A diverged run has no curves: its network never left chance.
         curves = _read_curves(
-            paths[CURVES_ARTIFACT], empty_ok=run.data.tags.get(DIVERGED) == "true"
+            paths[CURVES_ARTIFACT], empty_ok=run.data.tags.get(DIVERGED_TAG) == "true"
         )
         if CONFIG_ARTIFACT in paths:
             config = _read_config(paths[CONFIG_ARTIFACT])
@@ -255,25 +267,27 @@ def _read_curves(path: Path, empty_ok: bool = False) -> pd.DataFrame:
         raise CorruptRunError(f"corrupt artifact {CURVES_ARTIFACT}: {error}") from error
 
 
-def aggregate(
-    reader: ArtifactReader,
-    experiments: Sequence[str] | None = None,
-    previous: tuple[pd.DataFrame, pd.DataFrame] | None = None,
-    workers: int = 8,
-    progress: bool = True,
-    report: Callable[[str], None] | None = None,
-) -> Aggregation:
-    """Return the tables of all finished runs, reusing unchanged rows of `previous`."""
-    # Our own progress bar counts runs; MLflow's would print one bar per artifact.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    chosen = select_experiments(reader.client, experiments)
-    by_id = search_runs(reader.client, chosen)
-    found = runs_table(by_id, chosen)
+@dataclasses.dataclass(frozen=True)
+class FetchPlan:
+    """Which runs found need their artifacts fetched, and which rows of the previous tables stay."""
+
+    todo: pd.DataFrame  # finished runs not in the previous tables, or changed since: fetched
+    kept: pd.DataFrame  # rows of the previous runs table that stay as they are
+    kept_curves: pd.DataFrame  # the previous curves of the kept rows
+    unfinished: list[SkippedRun]  # runs still running, failed or killed
+
+
+def plan_fetch(
+    found: pd.DataFrame,
+    experiments: Collection[str],
+    previous: tuple[pd.DataFrame, pd.DataFrame] | None,
+) -> FetchPlan:
+    """Return what to fetch of the runs found in `experiments`, and what of `previous` stays."""
     old_runs, old_curves = previous or (runs_frame(found.iloc[:0]), curves_frame(None))
     # A row whose curves are lost is fetched again (a diverged run never had any).
     old_runs = old_runs[old_runs["run_id"].isin(old_curves["run_id"]) | old_runs[DIVERGED]]
     done = (found["status"] == "FINISHED").to_numpy()
-    skipped = [
+    unfinished = [
         SkippedRun(
             r.run_id, r.run_name, r.experiment, f"status {r.status}{STILL.get(r.status, '')}"
         )
@@ -284,42 +298,77 @@ def aggregate(
     same = (
         found[keys].merge(old_runs[keys], how="left", indicator=True)["_merge"] == "both"
     ).to_numpy()
-    todo = found[done & ~same]
-    configs, metrics, new_curves = {}, {}, []
-    outcomes = _fetch_all(reader, todo, by_id, workers, progress)
-    for run, outcome in zip(todo.itertuples(), outcomes, strict=True):
-        if isinstance(outcome, CorruptRunError):
-            skipped.append(SkippedRun(run.run_id, run.run_name, run.experiment, str(outcome)))
-            continue
-        configs[run.run_id], metrics[run.run_id] = outcome[0], final_metrics(by_id[run.run_id])
-        new_curves.append(outcome[1])
-    new = todo.set_index("run_id").loc[list(configs)]
-    for values in (configs, metrics):
-        new = new.join(pd.DataFrame.from_dict(values, orient="index"))
     # Rows of experiments not asked for this time stay, so grids can be aggregated one by one.
     kept = old_runs[
         old_runs["run_id"].isin(found["run_id"][done & same])
-        | ~old_runs["experiment"].isin(chosen.values())
+        | ~old_runs["experiment"].isin(experiments)
     ]
-    skipped.sort(key=lambda s: (s.experiment, s.run_name, s.run_id))
-    for item in skipped:
-        (report or functools.partial(print, file=sys.stderr))(item.message())
-    parts = [p for p in (kept, new.reset_index()) if len(p)]
-    runs = runs_frame(pd.concat(parts, ignore_index=True) if parts else kept)
+    kept_curves = old_curves[old_curves["run_id"].isin(kept["run_id"])]
+    return FetchPlan(found[done & ~same], kept, kept_curves, unfinished)
+
+
+def fetch_rows(
+    reader: ArtifactReader, todo: pd.DataFrame, by_id: dict[str, Run], workers: int, progress: bool
+) -> tuple[pd.DataFrame, list[pd.DataFrame], list[SkippedRun]]:
+    """Return the rows of the runs to fetch (search, config, metrics), their curves, the corrupt."""
+    configs, metrics, curves, corrupt = {}, {}, [], []
+    outcomes = _fetch_all(reader, todo, by_id, workers, progress)
+    for run, outcome in zip(todo.itertuples(), outcomes, strict=True):
+        if isinstance(outcome, CorruptRunError):
+            corrupt.append(SkippedRun(run.run_id, run.run_name, run.experiment, str(outcome)))
+            continue
+        configs[run.run_id], metrics[run.run_id] = outcome[0], final_metrics(by_id[run.run_id])
+        curves.append(outcome[1])
+    new = todo.set_index("run_id").loc[list(configs)]
+    for values in (configs, metrics):
+        new = new.join(pd.DataFrame.from_dict(values, orient="index"))
+    return new.reset_index(), curves, corrupt
+
+
+def merge_tables(
+    plan: FetchPlan, new: pd.DataFrame, new_curves: Sequence[pd.DataFrame]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Return the runs and curves tables of the kept rows and the new ones, newest per config."""
+    parts = [p for p in (plan.kept, new) if len(p)]
+    runs = runs_frame(pd.concat(parts, ignore_index=True) if parts else plan.kept)
     runs = keep_newest_per_configuration(runs)
+    curves = curves_frame(pd.concat([plan.kept_curves, *new_curves], ignore_index=True))
+    return runs, curves[curves["run_id"].isin(runs["run_id"])].reset_index(drop=True)
+
+
+def aggregate(
+    reader: ArtifactReader,
+    experiments: Sequence[str] | None = None,
+    previous: tuple[pd.DataFrame, pd.DataFrame] | None = None,
+    workers: int = 8,
+    progress: bool = True,
+    report: Callable[[str], None] | None = None,
+) -> Aggregation:
+    """Return the tables of all finished runs, reusing unchanged rows of `previous`."""
+    report = report or functools.partial(print, file=sys.stderr)
+    # Our own progress bar counts runs; MLflow's would print one bar per artifact.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    chosen = select_experiments(reader.client, experiments)
+    by_id = search_runs(reader.client, chosen)
+    plan = plan_fetch(runs_table(by_id, chosen), chosen.values(), previous)
+    new, new_curves, corrupt = fetch_rows(reader, plan.todo, by_id, workers, progress)
+    skipped = sorted(
+        [*plan.unfinished, *corrupt], key=lambda s: (s.experiment, s.run_name, s.run_id)
+    )
+    for item in skipped:
+        report(item.message())
+    runs, curves = merge_tables(plan, new, new_curves)
     dropped = sum(len(ids) for ids in runs[DROPPED])
     if dropped:
-        (report or functools.partial(print, file=sys.stderr))(
+        report(
             f"dropped {dropped} duplicate run(s): an older finished run of a configuration that "
             "a newer run repeats (their ids: column dropped_run_ids)"
         )
-    curves = [old_curves[old_curves["run_id"].isin(kept["run_id"])], *new_curves]
-    curves_table = curves_frame(pd.concat(curves, ignore_index=True))
     return Aggregation(
         runs=runs,
-        curves=curves_table[curves_table["run_id"].isin(runs["run_id"])].reset_index(drop=True),
-        fetched=len(todo),
-        reused=len(kept),
+        curves=curves,
+        fetched=len(plan.todo),
+        reused=len(plan.kept),
         skipped=tuple(skipped),
     )
 
@@ -327,8 +376,8 @@ def aggregate(
 def keep_newest_per_configuration(runs: pd.DataFrame) -> pd.DataFrame:
     """Return one row per configuration, the newest finished run, listing the runs it replaces."""
     # A figure grid and paper_grid share trials: logged twice, a seed would count twice
-    # (n doubles, the sd shrinks). Run-local keys (data root, device, threads) do not count.
-    keys = [k for k in flat_keys() if k not in RUN_LOCAL_KEYS and k in runs.columns]
+    # (n doubles, the sd shrinks). The run-local keys (data root, device, threads) do not count.
+    keys = [k for k in identity_keys() if k in runs.columns]
     if runs.empty or not keys:
         return runs.assign(**{DROPPED: [[] for _ in range(len(runs))]})
     identity = runs[keys].astype("string").fillna("<NA>").agg("\x1f".join, axis=1)
@@ -396,13 +445,10 @@ def curves_frame(frame: pd.DataFrame | None) -> pd.DataFrame:
 
 def read_tables(directory: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """Return (runs, curves) read from a results directory, or None if absent."""
-    directory = Path(directory)
-    if directory.is_dir():
-        recover(directory)  # an aggregation interrupted after its commit point
-    runs, curves = directory / RUNS_FILE, directory / CURVES_FILE
-    if not runs.exists() or not curves.exists():
+    tables = read_tables_together(directory, (RUNS_FILE, CURVES_FILE))
+    if len(tables) < 2:
         return None
-    return pd.read_parquet(runs), pd.read_parquet(curves)
+    return tables[RUNS_FILE], tables[CURVES_FILE]
 
 
 def write_tables(result: Aggregation, directory: str | os.PathLike) -> tuple[Path, Path]:

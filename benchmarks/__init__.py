@@ -1,0 +1,1 @@
+"""Speed claims, each a script printing a ratio against the plain way (docs/benchmarks.md)."""
