@@ -9,20 +9,41 @@ Schemas: analysis/runs_to_tables.py.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from mlflow.exceptions import MlflowException
+from sweeps.tracking_server import is_http_uri, mask_uri, server_problem
+from sweeps.tracking_store import check_store_exists, default_backend_store
 
-from analysis.runs_to_tables import aggregate_to
-from sweeps.tracking_server import server_problem
+DEFAULT_EXPERIMENT = "Default"  # the experiment MLflow makes in every store: no sweep's
+
+
+def store_problem(uri: str) -> str | None:
+    """Return why `uri` names no store with a sweep's experiment in it, or None if it does."""
+    if is_http_uri(uri):
+        problem = server_problem(uri)
+        return f"tracking server {mask_uri(uri)} is not reachable ({problem})" if problem else None
+    try:
+        check_store_exists(uri)
+    except ValueError as error:
+        return str(error)
+    from mlflow import MlflowClient  # only now: --help and refusals stay quick
+
+    names = {e.name for e in MlflowClient(tracking_uri=uri).search_experiments()}
+    if not names - {DEFAULT_EXPERIMENT}:
+        return f"--tracking-uri {mask_uri(uri)}: the store holds no experiment (no sweep ran here)"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, aggregate, and print a one-line summary; return the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--tracking-uri", default=None, help="MLflow URI (default: MLFLOW_TRACKING_URI or ./mlruns)"
+        "--tracking-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI") or default_backend_store(),
+        help="the sweep's store: sqlite:///PATH.db, postgresql://... or its http(s):// server "
+        "(default: MLFLOW_TRACKING_URI, else the launcher's sqlite:///./ray_results/mlflow.db)",
     )
     parser.add_argument(
         "--experiment",
@@ -31,8 +52,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="GRID",
         help="experiments (grids) to aggregate; default all",
     )
-    parser.add_argument("--out", default="results", help="directory of the Parquet files")
-    parser.add_argument("--workers", type=int, default=8, help="parallel artifact downloads")
+    parser.add_argument(
+        "--out", default="results", help="directory of the Parquet files (default: results)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=8, help="parallel artifact downloads (default: 8)"
+    )
     parser.add_argument(
         "--artifacts-destination",
         default=None,
@@ -43,14 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error(f"--workers {args.workers}: must be >= 1")
-    if args.tracking_uri and args.tracking_uri.startswith(("http://", "https://")):
-        problem = server_problem(args.tracking_uri)
-        if problem:
-            print(
-                f"error: tracking server {args.tracking_uri} is not reachable ({problem})",
-                file=sys.stderr,
-            )
-            return 2
+    problem = store_problem(args.tracking_uri)  # reading a store never creates one
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    from mlflow.exceptions import MlflowException
+
+    from analysis.runs_to_tables import aggregate_to
+
     try:
         result = aggregate_to(
             args.tracking_uri,
@@ -62,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, MlflowException) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if result.runs.empty:
+        print(f"no runs in {mask_uri(args.tracking_uri)}: nothing to aggregate", file=sys.stderr)
     print(
         f"{len(result.runs)} runs ({result.fetched} fetched, {result.reused} unchanged), "
         f"{len(result.skipped)} skipped -> {Path(args.out) / 'runs.parquet'}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import matplotlib
 
@@ -26,10 +27,18 @@ from analysis.verdicts import claims_table, write_claims
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, draw the figures (and the summary); return the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", default="results", help="directory of runs/curves.parquet")
-    parser.add_argument("--out", default="figures", help="directory for the figures")
     parser.add_argument(
-        "--only", nargs="+", metavar="NAME", choices=ALL_FIGURES, help="draw only these figures"
+        "--results", default="results", help="directory of runs/curves.parquet (default: results)"
+    )
+    parser.add_argument(
+        "--out", default="figures", help="directory for the figures (default: figures)"
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="NAME",
+        choices=ALL_FIGURES,
+        help=f"draw only these figures, of: {', '.join(ALL_FIGURES)}",
     )
     parser.add_argument(
         "--report", action="store_true", help="also write summary.md and claims.csv"
@@ -47,6 +56,13 @@ def main(argv: list[str] | None = None) -> int:
         help="leave diverged runs out of the error panels and means (default: at chance)",
     )
     args = parser.parse_args(argv)
+    if not Path(args.results).is_dir():
+        print(
+            f"error: --results {args.results}: no such directory "
+            "(python analysis/aggregate.py --out DIR writes it)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         runs, curves = load_results(args.results, args.error, args.exclude_diverged)
     except ValueError as error:

@@ -26,6 +26,8 @@ def load_results(
     tables = read_tables_together(directory, (RUNS_FILE, CURVES_FILE))
     if RUNS_FILE not in tables:
         return None, None
+    if tables[RUNS_FILE].empty:  # an aggregation that found no runs writes an empty table
+        raise ValueError(f"{Path(directory) / RUNS_FILE} holds no runs: aggregation found none")
     runs = with_conditions(tables[RUNS_FILE], error, exclude_diverged)
     curves = tables.get(CURVES_FILE)
     return runs, pd.DataFrame(columns=list(CURVE_COLUMNS)) if curves is None else curves

@@ -16,6 +16,7 @@ from sweeps.progress import print_status
 from sweeps.resources import DEFAULT_GPU_SHARE, format_dry_run, parse_gpu_share
 from sweeps.sweep import experiment_path, run_sweep
 from sweeps.tracking_server import TrackingUnreachableError, is_http_uri, split_credentials
+from sweeps.tracking_store import DEFAULT_STORAGE
 
 EXIT_USAGE = 2  # bad input: nothing was started
 
@@ -131,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     storage = parser.add_argument_group("storage and tracking")
     storage.add_argument(
         "--storage",
-        default=os.environ.get("ITERCONV_STORAGE", "ray_results"),
+        default=os.environ.get("ITERCONV_STORAGE", DEFAULT_STORAGE),
         metavar="PATH_OR_URI",
         help="Tune results and checkpoints go to STORAGE/GRID; shared storage (NFS path or "
         "s3://...) on a multi-node cluster (default: ./ray_results)",

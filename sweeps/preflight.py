@@ -18,6 +18,7 @@ from pipeline.config import TrialConfig
 from pipeline.data import Dataset, balanced_subset, load_dataset
 from sweeps.resources import Resources
 from sweeps.tracking_server import check_reachable, is_http_uri, is_loopback, refuse_open_server
+from sweeps.tracking_store import check_uri_form
 
 # What a resumed sweep takes from its stored state, never from the command line.
 STORED_SETTINGS = ("overrides", "seeds", "limit", "experiment")
@@ -37,6 +38,8 @@ def preflight(
     """
     check_resume_settings(args)
     refuse_open_server(args.mlflow_host, args.expose_tracking_server_without_auth)
+    if args.tracking_uri is not None:
+        check_uri_form(args.tracking_uri)  # before Ray or `mlflow server` could trip on it
     resources = Resources(args.gpu_share, args.cpus_per_trial, use_gpus=True)
     calibration = load_calibration()  # a broken file would fail every trial on CUDA
     if args.dry_run or args.status:

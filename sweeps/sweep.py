@@ -26,6 +26,7 @@ from sweeps.preflight import check_cluster
 from sweeps.progress import ProgressLine
 from sweeps.resources import Resources
 from sweeps.tracking_server import is_http_uri, mask_uri, tracking_server
+from sweeps.tracking_store import default_backend_store
 from sweeps.trainable import (
     EXPERIMENT_KEY,
     GRID_KEY,
@@ -199,9 +200,3 @@ def experiment_path(storage: str, grid: str) -> str:
     if "://" in storage:
         return f"{storage.rstrip('/')}/{grid}"
     return str(Path(storage).expanduser().resolve() / grid)
-
-
-def default_backend_store(storage: str) -> str:
-    """Return the SQLite store beside a local storage path (else in the working directory)."""
-    directory = Path.cwd() if "://" in storage else Path(storage).expanduser().resolve()
-    return f"sqlite:///{directory / 'mlflow.db'}"
