@@ -427,3 +427,22 @@ def dense_matrix(operator, channels: int, size: int, dtype=torch.float32) -> tor
 def bn_scale(bn: torch.nn.BatchNorm2d) -> torch.Tensor:
     """Return an eval-mode BatchNorm's scale gamma / sqrt(var + eps), shaped [1, C, 1, 1]."""
     return (bn.weight / torch.sqrt(bn.running_var + bn.eps)).view(1, -1, 1, 1)
+
+
+# Soft gradient coupling: gradients of any StagedNetwork (the project's ResNet, torchvision's).
+
+
+def set_random_gradients(model: torch.nn.Module) -> None:
+    """Give every parameter a seeded random gradient."""
+    generator = torch.Generator().manual_seed(1)
+    for p in model.parameters():
+        p.grad = torch.randn(p.shape, generator=generator)
+
+
+def block_gradients(model) -> dict[tuple[int, str], list[torch.Tensor]]:
+    """Return clones of the gradient of each (stage, position), block by block."""
+    return {
+        (s, name): [block.get_parameter(name).grad.clone() for block in blocks]
+        for s, blocks in enumerate(model.stage_blocks())
+        for name in model.block_parameters()
+    }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import block_gradients, set_random_gradients
 
 from models import ResNetConfig, build_model
 from pipeline.config import CouplingSection
@@ -23,21 +24,6 @@ def backward_once(model) -> None:
     x = torch.randn(8, 3, 32, 32)
     y = torch.randint(0, 10, (8,))
     torch.nn.functional.cross_entropy(model(x), y).backward()
-
-
-def set_random_gradients(model) -> None:
-    generator = torch.Generator().manual_seed(1)
-    for p in model.parameters():
-        p.grad = torch.randn(p.shape, generator=generator)
-
-
-def block_gradients(model) -> dict[tuple[int, str], list[torch.Tensor]]:
-    """Return clones of the gradient of each (stage, position), block by block."""
-    return {
-        (s, name): [block.get_parameter(name).grad.clone() for block in stage.blocks]
-        for s, stage in enumerate(model.stages)
-        for name in BLOCK_PARAMETERS
-    }
 
 
 def check_against(model, before, weights: list[list[float]]) -> None:

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from helpers import block_gradients, set_random_gradients
 
 from models import ResNetConfig, build_model, parameter_count
 from models.staged import StagedNetwork, block_counts
@@ -212,21 +213,6 @@ def test_identity_blocks_give_perfect_convergence_and_recurrence(name):
 
 
 # ------------------------------------------------------------------- soft gradient coupling
-
-
-def set_random_gradients(model) -> None:
-    generator = torch.Generator().manual_seed(1)
-    for p in model.parameters():
-        p.grad = torch.randn(p.shape, generator=generator)
-
-
-def block_gradients(model) -> dict[tuple[int, str], list[torch.Tensor]]:
-    """Return clones of the gradient of each (stage, position), block by block."""
-    return {
-        (s, name): [block.get_parameter(name).grad.clone() for block in blocks]
-        for s, blocks in enumerate(model.stage_blocks())
-        for name in model.block_parameters()
-    }
 
 
 def check_stage_mixing(model, before, weights_of) -> None:
