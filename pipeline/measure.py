@@ -25,9 +25,7 @@ from typing import Any
 
 import pandas as pd
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -40,11 +38,9 @@ from pipeline.tasks import Task
 from pipeline.train import INDEX_SUBSET_SEED, resolve_device
 from vocabulary import (
     CLUTTER_IMAGES,
-    CURVES,
     DATASETS,
     DEVICES,
     IMAGE_SIZE,
-    INDEX_LABELS,
     INDEX_NAMES,
     INPUT_CHANNELS,
     TORCHVISION_PREFIX,
@@ -60,12 +56,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # ... and ImageNet's evaluation crop: the shorter side resized to 256, the centre 224 kept.
 RESIZE_RATIO = 256 / 224
-CURVE_TITLES = {
-    "readout": "early read-out",
-    "dropout": "block drop-out",
-    "extra": "extra evaluations",
-}
-CURVE_XLABELS = {"readout": "block t", "dropout": "dropped block t", "extra": "extra evaluations k"}
 
 
 class MeasureError(ValueError):
@@ -289,58 +279,22 @@ def indices_document(result: Measurement, weights: str | None) -> dict[str, Any]
 
 def draw_fig2(result: Measurement) -> Figure:
     """Draw Fig 2's panels a (curves per stage) and b (indices per stage) for one network."""
-    stages = [row["stage"] for row in result.stages]
-    chance = result.task.chance_error
-    height = 2.1 * len(stages) + 3.4
-    fig = Figure(figsize=(12, height))
-    FigureCanvasAgg(fig)  # an Agg canvas of its own: no pyplot state
-    # A fixed grid, not constrained layout: that takes seconds for a figure of 15 panels.
-    grid = fig.add_gridspec(
-        len(stages) + 1,
-        len(CURVES),
-        height_ratios=[1.0] * len(stages) + [1.3],
-        hspace=0.8,
-        wspace=0.12,
-        left=0.06,
-        right=0.99,
-        top=1 - 0.75 / height,
-        bottom=0.7 / height,
-    )
-    fig.text(
-        0.01,
-        1 - 0.1 / height,
+    # The paper's Fig 2 is drawn by the same function; imported here, where it is drawn, so
+    # measuring alone never loads matplotlib's figure code.
+    from analysis import paper_figures
+    # One network has no panel c (error against CI and DI across networks): no error column.
+    curves = result.curves.assign(run_id=result.arch, emphasised=True)
+    index_rows = pd.DataFrame([{"run_id": result.arch, **result.indices}])
+    title = (
         f"Fig 2  {result.arch}, {result.data}, {result.examples} images\n"
-        "a  perturbation curves (dotted: chance)",
-        va="top",
-        fontsize=11,
+        "a  perturbation curves (dotted: chance)"
     )
-    first = None
-    for row, stage in enumerate(stages):
-        for col, curve in enumerate(CURVES):
-            ax = fig.add_subplot(grid[row, col], sharey=first)
-            first = first or ax
-            part = result.curves[
-                (result.curves["stage"] == stage) & (result.curves["curve"] == curve)
-            ].sort_values("step")
-            ax.plot(part["step"], part["error"], marker="o", ms=3, color="C0")
-            ax.axhline(chance, ls=":", color="k", lw=1)
-            ax.set_ylim(-0.02, 1.02)  # errors: the same scale in every panel
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_title(f"{CURVE_TITLES[curve]}, stage {stage}", fontsize=9)
-            ax.set_xlabel(CURVE_XLABELS[curve] if row == len(stages) - 1 else "", fontsize=9)
-            ax.set_ylabel("error" if col == 0 else "", fontsize=9)
-    positions = [f"stage {s}" for s in stages] + ["mean"]
-    for col, index in enumerate(INDEX_NAMES):
-        ax = fig.add_subplot(grid[len(stages), col])
-        values = [result.indices[f"{index}_stage{s}"] for s in stages] + [result.indices[index]]
-        ax.plot(range(len(positions)), values, "o", ms=7, color="C0")
-        ax.set_xticks(range(len(positions)), positions, rotation=30, fontsize=8)
-        ax.set_ylim(-0.05, 1.05)
-        ax.set_title(INDEX_LABELS[index], fontsize=9)
-        if col == 0:
-            top = ax.get_position().y1
-            fig.text(0.01, top + 0.35 / height, "b  index values per stage (none: at chance)")
-    return fig
+    undefined = [name for name, value in result.indices.items() if math.isnan(value)]
+    lines = [f"undefined (error at chance): {', '.join(undefined)}"] if undefined else []
+    figure: Figure = paper_figures.fig2_panels(
+        curves, index_rows, result.task.chance_error, title, lines
+    )
+    return figure
 
 
 def write_measurement(result: Measurement, out: str, weights: str | None) -> list[Path]:

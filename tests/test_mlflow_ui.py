@@ -67,14 +67,14 @@ def smoke_server(tmp_path: Path) -> Iterator[TrackingServer]:
 
 
 def redrawn(check: Callable[[], Any]) -> Callable[[], Any]:
-    """Return `check` with an element redrawn under it (stale) counted as not yet."""
-    from selenium.common.exceptions import StaleElementReferenceException
+    """Return `check` with an element redrawn under it, or not drawn yet, counted as not yet."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 
     def checked() -> Any:
         try:
             return check()
-        except StaleElementReferenceException:
-            return None
+        except (StaleElementReferenceException, NoSuchElementException):
+            return None  # e.g. a chart's title drawn before its plot, on a loaded machine
 
     return checked
 
