@@ -9,8 +9,14 @@ from __future__ import annotations
 # Datasets (docs/data.md). Digitclutter-n images hold n distinct digits.
 DIGITCLUTTER_DIGITS = (3, 4, 5)
 DIGITCLUTTER = tuple(f"digitclutter-{n}" for n in DIGITCLUTTER_DIGITS)
-DATASETS = ("cifar10", "cifar100", "mnist", *DIGITCLUTTER)
-# The order of the paper's panels: its main datasets first.
+# The paper's six datasets: its grids, figures and claims are about these.
+PAPER_DATASETS = ("cifar10", "cifar100", "mnist", *DIGITCLUTTER)
+# Beyond the paper, the task its Discussion names for the next experiment (docs/method.md):
+# Pathfinder-L, whose two target contours have L paddles (LRA's easy, intermediate, hard).
+PATHFINDER_LENGTHS = (6, 9, 14)
+PATHFINDER = tuple(f"pathfinder-{n}" for n in PATHFINDER_LENGTHS)
+DATASETS = (*PAPER_DATASETS, *PATHFINDER)
+# The order of the paper's panels: its main datasets first; Pathfinder after, easy to hard.
 DATASET_ORDER = (
     "cifar10",
     "digitclutter-5",
@@ -18,6 +24,7 @@ DATASET_ORDER = (
     "digitclutter-3",
     "cifar100",
     "mnist",
+    *PATHFINDER,
 )
 DATASET_LABELS = {
     "cifar10": "CIFAR-10",
@@ -26,13 +33,18 @@ DATASET_LABELS = {
     **{
         name: f"Digitclutter-{n}" for name, n in zip(DIGITCLUTTER, DIGITCLUTTER_DIGITS, strict=True)
     },
+    **{name: f"Pathfinder-{n}" for name, n in zip(PATHFINDER, PATHFINDER_LENGTHS, strict=True)},
 }
-# MNIST and Digitclutter are grey; CIFAR is RGB.
+# MNIST, Digitclutter and Pathfinder are grey; CIFAR is RGB.
 INPUT_CHANNELS = {name: 3 if name.startswith("cifar") else 1 for name in DATASETS}
-# Training images of the torchvision datasets (Digitclutter's size is a config value).
+# Training images of the torchvision datasets (a generated set's size is a config value).
 TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "mnist": 60_000}
 # Paper-scale Digitclutter sets: the defaults of data.clutter_train_images / _test_images.
 CLUTTER_IMAGES = {"train": 100_000, "test": 10_000}
+# Pathfinder sets per difficulty, the defaults of data.pathfinder_train_images / _test_images:
+# as many as Digitclutter's, so trials on either family see as many images per epoch (half of
+# LRA's 200,000 keeps the one-off generation under an hour on one core, docs/data.md).
+PATHFINDER_IMAGES = dict(CLUTTER_IMAGES)
 # px, every dataset's input height = width (MNIST padded, Digitclutter block-averaged)
 IMAGE_SIZE = 32
 

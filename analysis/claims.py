@@ -8,6 +8,10 @@
 - relation / no relation: Spearman's rank correlation between an index and the error, over
   runs of several widths (Fig 3c's points) or of one width (its lines).
 
+The paper's claims are tested on its six datasets; beyond the paper, the trends are tested on
+Pathfinder too (PATHFINDER_CLAIMS), where the paper's finding (error rises with coupling) and
+its hypothesis for such a task (error falls with coupling) are both stated, each with a verdict.
+
 The tolerances are fixed here and documented in docs/claims.md, before any result is seen;
 the statistics that judge the claims are analysis/verdicts.py.
 """
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from vocabulary import BLOCK_LABELS, FULL, PAPER_VARIANTS, STANDARD
+from vocabulary import BLOCK_LABELS, FULL, PAPER_DATASETS, PAPER_VARIANTS, PATHFINDER, STANDARD
 
 # Fixed in advance (docs/claims.md); not to be tuned to a result.
 INDEX_TOLERANCE = 0.1  # "close to 1" / "near 0" on the indices' [0, 1] scale
@@ -31,7 +35,8 @@ TREND, LEVEL, DIFFERENCE, RELATION, NO_RELATION = (
     "no relation",
 )
 ORDINARY, ICR, PCR = (BLOCK_LABELS[b] for b in ("ordinary", "icr", "pcr"))
-ORDINARY_MAIN = {"block": ORDINARY, "variation": STANDARD, "train_size": FULL}
+PAPER_TASKS = {"dataset": PAPER_DATASETS}  # the paper's claims are about its own datasets
+ORDINARY_MAIN = {**PAPER_TASKS, "block": ORDINARY, "variation": STANDARD, "train_size": FULL}
 
 
 @dataclass(frozen=True)
@@ -130,10 +135,60 @@ FIG4A = (
     'Results: "Both the properly and improperly convergent ResNets have a high Convergence '
     'Index as well as a Divergence Index at almost zero"'
 )
-TRAINING_VARIED = {"block": ORDINARY, "train_size": FULL}
+TRAINING_VARIED = {**PAPER_TASKS, "block": ORDINARY, "train_size": FULL}
 WIDTH_16_NON_REC = {"dataset": "cifar10", "width": 16, "variant": "non-rec."}  # Fig 2's network
 ACROSS_WIDTHS = ("dataset", "train_size", "variation")
 
+# Beyond the paper: Pathfinder, the task its Discussion names for iterative computations over
+# long-range context. Fig 3's trends on the ordinary ResNets of each difficulty, the error's
+# in both readings: the paper's finding on its own tasks and its hypothesis for this one.
+PATHFINDER_MAIN = {**ORDINARY_MAIN, "dataset": PATHFINDER}
+PATHFINDER_HYPOTHESIS = (
+    'Introduction: "a ResNet with iteratively convergent behavior may still have a better '
+    'inductive bias"; Discussion: "Future research may benefit from tasks for which high '
+    "performance necessitates iterative computations uncovering long-range context. This may "
+    'be the case, for example, for Pathfinder or cABC." (so there, error falls with coupling)'
+)
+PATHFINDER_CLAIMS: tuple[Claim, ...] = (
+    Claim(
+        "pathfinder-finding-error",
+        "Fig 3b's finding, on Pathfinder",
+        FIG3B,
+        TREND,
+        "error",
+        PATHFINDER_MAIN,
+        +1,
+    ),
+    Claim(
+        "pathfinder-hypothesis-error",
+        "Introduction, Discussion: the hypothesis, on Pathfinder",
+        PATHFINDER_HYPOTHESIS,
+        TREND,
+        "error",
+        PATHFINDER_MAIN,
+        -1,
+    ),
+    Claim(
+        "pathfinder-ci",
+        "Fig 3a's trend, on Pathfinder",
+        FIG3A,
+        TREND,
+        "ci",
+        PATHFINDER_MAIN,
+        +1,
+        variants=UP_TO_REC_09,
+    ),
+    Claim(
+        "pathfinder-di",
+        "Fig 3a's trend, on Pathfinder",
+        FIG3A,
+        TREND,
+        "di",
+        PATHFINDER_MAIN,
+        -1,
+        variants=UP_TO_REC_09,
+    ),
+)
 CLAIMS: tuple[Claim, ...] = (
     Claim("fig3b-error", "Fig 3b, S3 Fig", FIG3B, TREND, "error", ORDINARY_MAIN, +1),
     Claim("fig3a-ci", "Fig 3a", FIG3A, TREND, "ci", ORDINARY_MAIN, +1, variants=UP_TO_REC_09),
@@ -210,7 +265,7 @@ CLAIMS: tuple[Claim, ...] = (
         FIG4B,
         DIFFERENCE,
         "error",
-        {"variation": STANDARD, "train_size": FULL},
+        {**PAPER_TASKS, "variation": STANDARD, "train_size": FULL},
         +1,
         versus=ICR,
     ),
@@ -220,7 +275,7 @@ CLAIMS: tuple[Claim, ...] = (
         FIG4B,
         DIFFERENCE,
         "error",
-        {"variation": STANDARD, "train_size": FULL},
+        {**PAPER_TASKS, "variation": STANDARD, "train_size": FULL},
         +1,
         versus=PCR,
     ),
@@ -280,6 +335,7 @@ CLAIMS: tuple[Claim, ...] = (
         variants=UP_TO_REC_09,
         not_levels={"variation": STANDARD},
     ),
+    *PATHFINDER_CLAIMS,  # beyond the paper
 )
 
 # A number the paper reports of its baseline, not a finding: set beside ours in summary.md,

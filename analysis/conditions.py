@@ -10,6 +10,7 @@ from vocabulary import (
     BLOCK_LABELS,
     DATASET_ORDER,
     FULL,
+    PREACT,
     variant_label,
     variant_order,
     variation_label,
@@ -37,8 +38,9 @@ ERRORS = ("image", "digit")  # Digitclutter's two errors (docs/method.md); other
 def with_conditions(
     runs: pd.DataFrame, error: str = "image", exclude_diverged: bool = False
 ) -> pd.DataFrame:
-    """Return runs with columns dataset, width, block, variant, variation, train_size, seed,
-    diverged and error (Digitclutter's image or digit error; NaN for diverged runs if excluded).
+    """Return runs with columns dataset, arch, width, block, variant, variation, train_size,
+    seed, diverged and error (Digitclutter's image or digit error; NaN for diverged runs if
+    excluded). A run of a model.arch other than "preact" has its arch as its block.
     """
     if error not in ERRORS:
         raise ValueError(f"error={error!r}: allowed are {ERRORS}")
@@ -52,7 +54,15 @@ def with_conditions(
 
     out["dataset"] = out["data.dataset"].astype(str)
     out["width"] = out["model.width"].astype(int)
-    out["block"] = out["model.block"].astype(str).map(lambda b: BLOCK_LABELS.get(b, b))
+    # Runs logged before model.arch existed are of the pre-activation ResNet.
+    out["arch"] = column("model.arch", PREACT).fillna(PREACT).astype(str)
+    # The paper's blocks (ordinary, ICR, PCR) are of its pre-activation ResNet, and every figure
+    # and claim selects runs by block: a torchvision ResNet's block is its arch, so that it never
+    # counts as an ordinary ResNet of width 16 (its model.width is unused).
+    out["block"] = [
+        BLOCK_LABELS.get(block, block) if arch == PREACT else arch
+        for block, arch in zip(out["model.block"].astype(str), out["arch"], strict=True)
+    ]
     out["variant"] = [
         variant_label(bool(r), float(lam))
         for r, lam in zip(out["model.recurrent_init"], out["coupling.lam"], strict=True)

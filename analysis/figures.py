@@ -1,7 +1,8 @@
 """Draw the paper's figures from results/*.parquet into figures/ (PNG and PDF).
 
 Usage: python analysis/figures.py [--results results/] [--out figures/] [--only NAME ...] [--report]
-Figures: fig1 (toy problem, trained here), fig2, fig3, fig4, s1, s2, s3, s4, s5.
+Figures: fig1 (toy problem, trained here), fig2, fig3, fig4, s1, s2, s3, s4, s5, and beyond
+the paper pathfinder (Fig 3's panels on Pathfinder-6/9/14).
 --report also writes figures/summary.md (per condition mean +/- sd, beside the paper's values,
 and the paper's claims checked on these runs) and figures/claims.csv (docs/claims.md).
 Diverged runs count at chance error unless --exclude-diverged; --error digit draws

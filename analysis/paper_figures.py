@@ -1,14 +1,17 @@
-"""The paper's figures (Fig 1-4, S1-S5) drawn with seaborn from the Parquet tables alone.
+"""The paper's figures (Fig 1-4, S1-S5), and Fig 3's panels on Pathfinder, from the Parquet tables.
 
 Each `figN(runs, curves)` returns a `panels.PaperFigure` (a matplotlib Figure, no pyplot state,
 whose `data` holds the tidy rows each panel drew) or raises NothingToDrawError. `runs` is
 `runs.parquet` passed through `conditions.with_conditions`. A figure whose conditions are partly
 missing is drawn with what exists and says what is missing in a red note at its foot; when the
 paper's dataset is absent, it is drawn on the datasets present and says so in its title.
+`draw_all` gives the paper's figures the runs on the paper's datasets only; the Pathfinder runs
+(beyond the paper) are drawn by `pathfinder`.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -42,11 +45,15 @@ from analysis.panels import (
 )
 from pipeline.tasks import task_for
 from vocabulary import (
+    BLOCK_LABELS,
+    CONVERGENT_BLOCKS,
     CURVES,
     DIGITCLUTTER,
     FULL,
     INDEX_LABELS,
     INDEX_NAMES,
+    PAPER_DATASETS,
+    PATHFINDER,
     STANDARD,
     dataset_label,
 )
@@ -58,6 +65,12 @@ CURVE_TITLES = {
 }
 CURVE_XLABELS = {"readout": "block t", "dropout": "dropped block t", "extra": "extra evaluations k"}
 PAPER_VARIATIONS = ("BN γ 0.1", "triangular kernel", "first 5 uncoupled")
+# Fig 2's height in inches with the paper's three stages, and its rows' height ratios: the
+# curves of one stage to the index panels (b, c); each further stage adds a row.
+FIG2_HEIGHT = 12.8
+FIG2_STAGE_RATIO = 0.5
+FIG2_STAGE_INCHES = FIG2_HEIGHT * FIG2_STAGE_RATIO / (3 * FIG2_STAGE_RATIO + 1 + 0.08)
+STAGE_INDEX_COLUMN = re.compile(rf"(?:{'|'.join(INDEX_NAMES)})_stage(\d+)")  # ci_stage1, ...
 # Fig 2a: every instance's curve grey, one instance's in colour.
 GREY_CURVE = dict(estimator=None, color="0.6", alpha=0.6, lw=0.8)
 EMPHASISED_CURVE = dict(estimator=None, color="C0", lw=2, marker="o", ms=3)
@@ -128,35 +141,69 @@ def fig2(runs: pd.DataFrame, curves: pd.DataFrame) -> PaperFigure:
     widths = sorted(counts.index, key=lambda w: (-counts[w], abs(w - 16)))
     (width,), width_note = choose(widths, [16], "width")
     chosen = pool[pool["width"] == width].sort_values(["seed", "run_id"])
+    title = (
+        f"Fig 2  ordinary ResNet, non-recurrent, {dataset_label(dataset)}, width {width}, "
+        f"{len(chosen)} instance(s)\na  perturbation curves (one instance emphasised)"
+    )
+    mine = curves[curves["run_id"].isin(chosen["run_id"])]
+    mine = mine.assign(emphasised=mine["run_id"] == chosen["run_id"].iloc[0])
+    lines = [dataset_note, width_note]
+    if len(chosen) < 6:
+        lines.append(f"missing: instances ({len(chosen)} of the paper's 6)")
+    return fig2_panels(mine, chosen, task_for(dataset).chance_error, title, lines)
+
+
+def fig2_panels(
+    curves: pd.DataFrame,
+    index_rows: pd.DataFrame,
+    chance: float,
+    title: str,
+    lines: Sequence[str] = (),
+) -> PaperFigure:
+    """Draw Fig 2's panels for any number of stages: a (curves), b (indices), c (error).
+
+    `curves`: the rows of vocabulary.CURVE_COLUMNS with run_id and emphasised (the instance
+    in colour); `index_rows`: one row per instance with run_id, the indices per stage
+    (ci_stage1, ...) and their means (ci, ...), and error for panel c (without it, no panel c).
+    The stages are those the curves or the index values have. `title` goes above panel a,
+    `lines` (what is missing) in red at the foot.
+    """
+    stages = _fig2_stages(curves, index_rows)
+    if not stages:
+        raise NothingToDrawError("no perturbation curves and no index values to draw")
     with style():
-        fig = figure(13, 12.8)
-        top, bottom, foot = fig.subfigures(3, 1, height_ratios=[1.5, 1, 0.08])
+        ratios = [FIG2_STAGE_RATIO * len(stages), 1, 0.08]  # a row per stage, b and c, notes
+        fig = figure(13, FIG2_HEIGHT + (len(stages) - 3) * FIG2_STAGE_INCHES)
+        top, bottom, foot = fig.subfigures(3, 1, height_ratios=ratios)
         # The title goes into the top subfigure: a figure suptitle would overlap its title.
-        title = (
-            f"Fig 2  ordinary ResNet, non-recurrent, {dataset_label(dataset)}, width {width}, "
-            f"{len(chosen)} instance(s)"
-        )
-        top.suptitle(
-            f"{title}\na  perturbation curves (one instance emphasised)", x=0.01, ha="left"
-        )
-        mine = curves[curves["run_id"].isin(chosen["run_id"])]
-        mine = mine.assign(emphasised=mine["run_id"] == chosen["run_id"].iloc[0])
-        fig.data |= _fig2_curves(top, mine, task_for(dataset).chance_error)
-        fig.data |= _fig2_indices(bottom, chosen)
-        lines = [dataset_note, width_note]
-        if len(chosen) < 6:
-            lines.append(f"missing: instances ({len(chosen)} of the paper's 6)")
+        top.suptitle(title, x=0.01, ha="left")
+        fig.data |= _fig2_curves(top, curves, chance, stages)
+        fig.data |= _fig2_indices(bottom, index_rows, stages)
         notes(fig, lines, foot)
     return fig
 
 
-def _fig2_curves(sub: SubFigure, curves: pd.DataFrame, chance: float) -> dict[str, pd.DataFrame]:
+def _fig2_stages(curves: pd.DataFrame, index_rows: pd.DataFrame) -> list[int]:
+    """Return the stages of the curves and of the index values; else those the columns name."""
+    named = {
+        int(match[1]): column
+        for column in index_rows.columns
+        if (match := STAGE_INDEX_COLUMN.fullmatch(str(column)))
+    }
+    valued = {stage for stage, column in named.items() if index_rows[column].notna().any()}
+    stages = {int(stage) for stage in curves["stage"].unique()} | valued
+    return sorted(stages or named)
+
+
+def _fig2_curves(
+    sub: SubFigure, curves: pd.DataFrame, chance: float, stages: Sequence[int]
+) -> dict[str, pd.DataFrame]:
     """Draw each curve of each stage: every instance grey, the emphasised one in colour."""
-    axes = sub.subplots(3, 3, sharey=True)
+    axes = sub.subplots(len(stages), 3, sharey=True, squeeze=False)
     drawn = {}
     for col, curve in enumerate(CURVES):
-        for stage in (1, 2, 3):
-            ax = axes[stage - 1, col]
+        for row, stage in enumerate(stages):
+            ax = axes[row, col]
             part = curves[(curves["curve"] == curve) & (curves["stage"] == stage)]
             drawn[f"a {curve} stage{stage}"] = part.reset_index(drop=True)
             for emphasised, kws in ((False, GREY_CURVE), (True, EMPHASISED_CURVE)):
@@ -166,22 +213,24 @@ def _fig2_curves(sub: SubFigure, curves: pd.DataFrame, chance: float) -> dict[st
             ax.axhline(chance, ls=":", color="k", lw=1, label="_chance")
             ax.set_title(f"{CURVE_TITLES[curve]}, stage {stage}", fontsize=9)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_xlabel(CURVE_XLABELS[curve] if stage == 3 else "")
+            ax.set_xlabel(CURVE_XLABELS[curve] if row == len(stages) - 1 else "")
             ax.set_ylabel("test error" if col == 0 else "")
     axes[0, 0].text(0.98, chance, "chance", transform=axes[0, 0].get_yaxis_transform())
     axes[0, 0].texts[-1].set(ha="right", va="bottom", fontsize=7)
     return drawn
 
 
-def _fig2_indices(sub: SubFigure, chosen: pd.DataFrame) -> dict[str, pd.DataFrame]:
+def _fig2_indices(
+    sub: SubFigure, chosen: pd.DataFrame, stages: Sequence[int]
+) -> dict[str, pd.DataFrame]:
     """Draw each index per stage and its mean (b), and the error against CI and DI (c)."""
-    left, right = sub.subfigures(1, 2, width_ratios=[3, 2])
+    with_errors = "error" in chosen.columns
+    left, right = sub.subfigures(1, 2, width_ratios=[3, 2]) if with_errors else (sub, None)
     left.suptitle("b  index values per stage", x=0.01, ha="left")
-    right.suptitle("c  error against CI and DI", x=0.01, ha="left")
-    positions = ["stage 1", "stage 2", "stage 3", "mean"]
+    positions = [f"stage {s}" for s in stages] + ["mean"]
     drawn = {}
     for ax, index in zip(left.subplots(1, 3, sharey=True), INDEX_NAMES, strict=True):
-        columns = [f"{index}_stage{s}" for s in (1, 2, 3)] + [index]
+        columns = [f"{index}_stage{s}" for s in stages] + [index]
         values = chosen.reindex(columns=["run_id", *columns]).rename(
             columns=dict(zip(columns, positions, strict=True))
         )
@@ -191,10 +240,13 @@ def _fig2_indices(sub: SubFigure, chosen: pd.DataFrame) -> dict[str, pd.DataFram
             shared = dict(x="position", y="value", order=positions, color="C0", ax=ax)
             sns.stripplot(tidy, size=4, alpha=0.35, jitter=False, **shared)
             sns.pointplot(tidy, errorbar=None, linestyle="none", markersize=8, **shared)
-        ax.set_xticks(range(4), positions, rotation=30)
+        ax.set_xticks(range(len(positions)), positions, rotation=30)
         ax.set_ylim(-0.05, 1.05)
         ax.set(title=INDEX_LABELS[index], xlabel="", ylabel="")
         ax.title.set_fontsize(9)
+    if right is None:  # one network's error against its indices is no relation
+        return drawn
+    right.suptitle("c  error against CI and DI", x=0.01, ha="left")
     for ax, index in zip(right.subplots(1, 2, sharey=True), ("ci", "di"), strict=True):
         drawn[f"c {index}"] = chosen[["run_id", index, "error"]].dropna().reset_index(drop=True)
         sns.scatterplot(drawn[f"c {index}"], x=index, y="error", ax=ax, color="C0", s=30)
@@ -451,6 +503,83 @@ def figs5(runs: pd.DataFrame, curves: pd.DataFrame | None = None) -> PaperFigure
     return fig
 
 
+# ---------------------------------------------------------------- beyond the paper: Pathfinder
+
+PATHFINDER_PANELS = ("error", "ci", "di")  # against coupling, per difficulty (Fig 3a, b)
+PATHFINDER_CONVERGENT_PANELS = ("error", "di")  # per convergent block (Fig 4, S2 Fig)
+
+
+def pathfinder(runs: pd.DataFrame, curves: pd.DataFrame | None = None) -> PaperFigure:
+    """Fig 3's panels per Pathfinder difficulty; ICR and PCR where they ran (ordinary dashed)."""
+    runs = select(runs, dataset=PATHFINDER)
+    ordinary = main_design(runs)
+    convergent = {
+        block: main_design(runs, block) for block in (BLOCK_LABELS[b] for b in CONVERGENT_BLOCKS)
+    }
+    difficulties = [d for d in PATHFINDER if d in set(ordinary["dataset"])]
+    with_convergent = [
+        d for d in PATHFINDER if any(d in set(c["dataset"]) for c in convergent.values())
+    ]
+    if not difficulties and not with_convergent:
+        raise NothingToDrawError("no Pathfinder runs with standard training (grid pathfinder)")
+    palette = width_palette(runs["width"])
+    rows = len(difficulties) + len(with_convergent)
+    with style():
+        fig = figure(17, 3.9 * rows + 0.9)
+        axes = fig.subplots(rows, 4, squeeze=False)
+        letters = iter("abcdefghij")
+        for row, dataset in enumerate(difficulties):
+            letter, label = next(letters), dataset_label(dataset)
+            data = ordinary[ordinary["dataset"] == dataset]
+            for ax, column in zip(axes[row], PATHFINDER_PANELS, strict=False):
+                first = row == 0 and column == "error"
+                fig.data[f"{dataset} {column}"] = coupling_panel(
+                    ax, data, column, palette, legend=first
+                )
+                name = INDEX_LABELS.get(column, "error")
+                ax.set_title(f"{letter}  {label}: {name}", loc="left", fontsize=9)
+            _chance(axes[row][0], dataset)
+            fig.data[f"{dataset} error against ci"] = _error_against_index(
+                axes[row][3], data, "ci", palette
+            )
+            axes[row][3].set_title(f"{letter}  {label}: error against CI", loc="left", fontsize=9)
+        for row, dataset in enumerate(with_convergent, start=len(difficulties)):
+            letter, label = next(letters), dataset_label(dataset)
+            reference = ordinary[ordinary["dataset"] == dataset]
+            panels = [(b, c) for b in convergent for c in PATHFINDER_CONVERGENT_PANELS]
+            for ax, (block, column) in zip(axes[row], panels, strict=True):
+                name = INDEX_LABELS.get(column, "error")
+                ax.set_title(f"{letter}  {label}, {block}: {name}", loc="left", fontsize=9)
+                data = convergent[block][convergent[block]["dataset"] == dataset]
+                if data.empty:
+                    panel_note(ax, f"missing: {block} runs on {label}")
+                    continue
+                fig.data[f"{dataset} {block} {column}"] = coupling_panel(
+                    ax, data, column, palette, reference=reference
+                )
+                if column == "error":
+                    _chance(ax, dataset)
+        absent = [dataset_label(d) for d in PATHFINDER if d not in difficulties]
+        fig.suptitle(
+            "Beyond the paper: Fig 3's panels on Pathfinder "
+            "(dotted: chance; dashed: the ordinary ResNet)"
+        )
+        notes(
+            fig,
+            [
+                f"missing: ordinary ResNets on {', '.join(absent)}" if absent else "",
+                "" if with_convergent else "missing: ICR and PCR runs (the grid: Pathfinder-9)",
+                coverage(ordinary) if difficulties else "",
+            ],
+        )
+    return fig
+
+
+def _chance(ax: Axes, dataset: str) -> None:
+    """Draw the task's chance error as a dotted line across an error panel."""
+    ax.axhline(task_for(dataset).chance_error, ls=":", color="k", lw=1, label="_chance")
+
+
 FIGURES: dict[str, Callable[..., PaperFigure]] = {
     "fig2": fig2,
     "fig3": fig3,
@@ -461,7 +590,8 @@ FIGURES: dict[str, Callable[..., PaperFigure]] = {
     "s4": figs4,
     "s5": figs5,
 }
-ALL_FIGURES = ("fig1", *FIGURES)
+BEYOND_THE_PAPER: dict[str, Callable[..., PaperFigure]] = {"pathfinder": pathfinder}
+ALL_FIGURES = ("fig1", *FIGURES, *BEYOND_THE_PAPER)
 
 
 def draw_all(
@@ -480,14 +610,20 @@ def draw_all(
     directory = Path(out)
     directory.mkdir(parents=True, exist_ok=True)
     drawn = {}
+    # The paper's figures are about its datasets; Pathfinder's runs have their own figure.
+    paper_runs = None if runs is None else select(runs, dataset=PAPER_DATASETS)
     for name in names:
         try:
             if name == "fig1":
                 fig = fig1(toy_config)
             elif runs is None or runs.empty:
                 raise NothingToDrawError("no runs in the results")
+            elif name in BEYOND_THE_PAPER:
+                fig = BEYOND_THE_PAPER[name](runs, curves)
+            elif paper_runs is None or paper_runs.empty:
+                raise NothingToDrawError("no runs on the paper's datasets")
             else:
-                fig = FIGURES[name](runs, curves)
+                fig = FIGURES[name](paper_runs, curves)
         except NothingToDrawError as reason:
             report(f"skipped {name}: {reason}")
             continue

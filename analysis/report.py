@@ -78,8 +78,12 @@ def paper_comparison(runs: pd.DataFrame) -> list[tuple[Claim, str, int]]:
         values = select(runs, **levels)[claim.column].dropna()
         remark = ""
         if values.empty and claim.summary.relaxable:
-            # The paper's dataset or width is absent: compare on those present, and say so.
-            levels = {k: v for k, v in levels.items() if k not in claim.summary.relaxable}
+            # The paper's dataset or width is absent: compare on those present within the
+            # claim's own levels (the paper's datasets, never Pathfinder), and say so.
+            kept = {
+                k: v for k, v in claim.summary.where.items() if k not in claim.summary.relaxable
+            }
+            levels = {**claim.levels, **kept}
             matched = select(runs, **levels).dropna(subset=[claim.column])
             values = matched[claim.column]
             if len(values):

@@ -13,7 +13,17 @@ from models import ResNetConfig
 from models.torchvision_resnet import stage_block_counts, torchvision_name
 from models.typed_fields import Checked, allowed_types, coerce, type_names
 from pipeline.tasks import Task, task_for
-from vocabulary import CLUTTER_IMAGES, DATASETS, DEVICES, INPUT_CHANNELS, KERNELS, PREACT
+from vocabulary import (
+    CLUTTER_IMAGES,
+    DATASETS,
+    DEVICES,
+    DIGITCLUTTER,
+    INPUT_CHANNELS,
+    KERNELS,
+    PATHFINDER,
+    PATHFINDER_IMAGES,
+    PREACT,
+)
 
 MAX_SEED = 2**32 - 1  # NumPy's np.random.seed accepts 0..2**32 - 1
 MIN_EXTRA_EVALUATIONS = 1  # K: the Divergence Index is a mean over k = 1..K
@@ -93,20 +103,51 @@ class DataSection(Checked):
     SECTION = "data"
 
     dataset: str = "cifar10"  # a name in vocabulary.DATASETS
-    root: str = "data"  # directory of the torchvision files and the Digitclutter cache
+    root: str = "data"  # directory of the torchvision files and the generated sets' caches
     download: bool = False  # let torchvision download missing files
     train_size: int | None = None  # seeded subset of the training split in images; None: all
     index_examples: int | None = None  # test images for the indices (seeded subset); None: all
     clutter_train_images: int = CLUTTER_IMAGES["train"]  # Digitclutter training images generated
     clutter_test_images: int = CLUTTER_IMAGES["test"]  # Digitclutter test images generated
+    pathfinder_train_images: int = PATHFINDER_IMAGES["train"]  # Pathfinder training images
+    pathfinder_test_images: int = PATHFINDER_IMAGES["test"]  # Pathfinder test images generated
 
     def check(self) -> None:
         """Raise ValueError naming the first field whose value is not allowed."""
         self.require("dataset", self.dataset in DATASETS, f"allowed are {sorted(DATASETS)}")
         self.require("root", self.root != "", "must be a non-empty path")
         self.require_positive(
-            "train_size", "index_examples", "clutter_train_images", "clutter_test_images"
+            "train_size",
+            "index_examples",
+            "clutter_train_images",
+            "clutter_test_images",
+            "pathfinder_train_images",
+            "pathfinder_test_images",
         )
+        # Pathfinder's labels alternate in pairs: an even size holds as many of each class.
+        for name in ("pathfinder_train_images", "pathfinder_test_images"):
+            self.require(name, getattr(self, name) % 2 == 0, "must be even (balanced classes)")
+
+    def generated_sizes(self, split: str) -> dict[str, int]:
+        """Return load_dataset's sizes of the generated sets for a split (train or test)."""
+        if split == "train":
+            return {
+                "clutter_images": self.clutter_train_images,
+                "pathfinder_images": self.pathfinder_train_images,
+            }
+        return {
+            "clutter_images": self.clutter_test_images,
+            "pathfinder_images": self.pathfinder_test_images,
+        }
+
+    def generated_images(self, split: str) -> int | None:
+        """Return the images of data.dataset's split if it is generated, else None (torchvision)."""
+        sizes = self.generated_sizes(split)
+        if self.dataset in DIGITCLUTTER:
+            return sizes["clutter_images"]
+        if self.dataset in PATHFINDER:
+            return sizes["pathfinder_images"]
+        return None
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ On-disk layouts under a data root (those torchvision's downloads produce):
   cifar-10-batches-py/data_batch_1..5, test_batch
   cifar-100-python/train, test
   digitclutter/  (generated and cached here, see pipeline.digitclutter)
+  pathfinder/    (generated and cached here, see pipeline.pathfinder)
 The files are read here, not through torchvision's dataset classes, so that a damaged file is
 named in the error (torchvision's md5 check would only say "corrupted"); `download=True` still
 fetches them with torchvision.
@@ -27,9 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline import digitclutter
+from pipeline import digitclutter, pathfinder
 from pipeline.tasks import Task, task_for
-from vocabulary import CLUTTER_IMAGES, IMAGE_SIZE
+from vocabulary import CLUTTER_IMAGES, IMAGE_SIZE, PATHFINDER_IMAGES
 
 SPLITS = ("train", "test")
 MNIST_PAD = 2  # px of zeros on each side: 28 -> 32
@@ -37,7 +38,7 @@ CROP_PADDING = 4  # px of zero padding before the random 32x32 crop (CIFAR augme
 # The layout of every batch and of the weights a trial trains: oneDNN's and cuDNN's fast one
 # (benchmarks/train.py prints the ratio to contiguous batches and weights).
 MEMORY_FORMAT = torch.channels_last
-CLUTTER_SEED = 0  # one Digitclutter data set for every trial; `seed` only picks subsets
+GENERATED_SEED = 0  # one generated set (per dataset and size) for every trial; `seed` picks subsets
 
 # Digitclutter images come from one fixed distribution, so their normalisation is the
 # generator's: mean and std (in [0, 1] units) of 100,000 training images (seed 0), checked
@@ -46,6 +47,15 @@ DIGITCLUTTER_STATS: dict[int, tuple[tuple[float, ...], tuple[float, ...]]] = {
     3: ((0.3966,), (0.2091,)),
     4: ((0.3851,), (0.2225,)),
     5: ((0.3764,), (0.2316,)),
+}
+# Pathfinder's likewise, per contour length L: mean and std (in [0, 1] units) of the first 20,000
+# training images of the GENERATED_SEED set (pathfinder.generate(L, 20_000, seed=0), the prefix
+# of every larger training set; its labels are exactly half 1), checked against fresh samples
+# in tests/test_data.py. Thin bright ink on black: the std is large beside the mean.
+PATHFINDER_STATS: dict[int, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    6: ((0.0611,), (0.1854,)),
+    9: ((0.0670,), (0.1918,)),
+    14: ((0.0846,), (0.2087,)),
 }
 
 CIFAR_FILES = {
@@ -135,24 +145,28 @@ def load_dataset(
     train_size: int | None = None,
     seed: int = 0,
     clutter_images: int | None = None,
+    pathfinder_images: int | None = None,
 ) -> Dataset:
     """Return one split of a dataset, normalisation stats from its training split.
 
     `train_size` keeps a class-balanced subset of the training split chosen by `seed` (ignored
-    for the test split); `clutter_images` is the size of a Digitclutter split (default 100,000
-    train, 10,000 test), generated once with CLUTTER_SEED and cached under root (`download`
-    does not apply).
+    for the test split); `clutter_images` and `pathfinder_images` are the sizes of a
+    Digitclutter and a Pathfinder split (default 100,000 train, 10,000 test), each generated
+    once with GENERATED_SEED and cached under root (`download` does not apply); each is
+    ignored for the other datasets.
     """
     task = task_for(name)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: allowed are {list(SPLITS)}")
     root = Path(root)
     if task.multilabel:
-        count = CLUTTER_IMAGES[split] if clutter_images is None else clutter_images
-        if not isinstance(count, int) or count < 1:
-            raise ValueError(f"clutter_images={clutter_images!r}: must be a positive int or None")
+        count = _generated_count(clutter_images, CLUTTER_IMAGES[split], "clutter_images")
         images, targets = _load_digitclutter(root, task.digits_per_image, count, split)
         mean, std = DIGITCLUTTER_STATS[task.digits_per_image]
+    elif task.contour_length:
+        count = _generated_count(pathfinder_images, PATHFINDER_IMAGES[split], "pathfinder_images")
+        images, targets = _load_pathfinder(root, task.contour_length, count, split)
+        mean, std = PATHFINDER_STATS[task.contour_length]
     else:
         images, targets = _load_split(name, root, split, download)
         mean, std = (
@@ -162,6 +176,15 @@ def load_dataset(
     if split == "train" and train_size is not None:
         dataset = dataset.subset(balanced_subset(targets, train_size, seed, task.num_classes))
     return dataset
+
+
+def _generated_count(count: int | None, default: int, name: str) -> int:
+    """Return the size of a generated split: `count`, or the default if None."""
+    if count is None:
+        return default
+    if not isinstance(count, int) or count < 1:
+        raise ValueError(f"{name}={count!r}: must be a positive int or None")
+    return count
 
 
 def balanced_subset(
@@ -337,10 +360,18 @@ def _load_digitclutter(
     root: Path, n_digits: int, count: int, split: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return Digitclutter images [N, 1, 32, 32] and multi-hot targets uint8 [N, 10]."""
-    images, labels = digitclutter.load_or_generate(root, n_digits, count, CLUTTER_SEED, split)
+    images, labels = digitclutter.load_or_generate(root, n_digits, count, GENERATED_SEED, split)
     targets = torch.zeros(count, 10, dtype=torch.uint8)
     targets.scatter_(1, torch.from_numpy(labels), 1)
     return torch.from_numpy(images).unsqueeze(1), targets
+
+
+def _load_pathfinder(
+    root: Path, contour_length: int, count: int, split: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return Pathfinder images [N, 1, 32, 32] and targets int64 [N] (1: markers joined)."""
+    images, labels = pathfinder.load_or_generate(root, contour_length, count, GENERATED_SEED, split)
+    return torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels)
 
 
 class DeviceLoader:

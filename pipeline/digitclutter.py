@@ -13,31 +13,28 @@ pixels at 512x512 (as the reference's ``int(image_size * offset)``), so the past
 
 Determinism: image i's digits and offsets come from ``np.random.default_rng([seed, n_digits, i])``,
 so a given seed gives the same bytes whatever the number of workers or chunking, and the first k
-images of a set of N are the set of k.
+images of a set of N are the set of k. Parallel generation and the cache (with its rule for a
+damaged file) are pipeline/generated.py's, shared with Pathfinder.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import logging
 import math
-import multiprocessing
 import os
-import sys
-import tempfile
-import warnings
-import zipfile
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from pipeline import generated
+
+# Shared by the generated datasets (pipeline/generated.py); named here as they always were.
+from pipeline.generated import default_workers as default_workers
+from pipeline.generated import split_seed as split_seed
 from vocabulary import IMAGE_SIZE
 
-log = logging.getLogger(__name__)
-
-GENERATOR_VERSION = "dc1"  # bump when rendering changes: it is part of every cache file's name
+# Bump when the images or the cache file's contents change: it is part of every cache file's
+# name. dc2: the file holds the arrays' SHA-256 (pipeline/generated.py); the images are dc1's.
+GENERATOR_VERSION = "dc2"
 CANVAS_SIZE = 512  # px, the rendering resolution
 BLOCK = CANVAS_SIZE // IMAGE_SIZE  # 16 px per output pixel
 BACKGROUND = 119  # grey level of the canvas
@@ -47,8 +44,6 @@ X_SCALE = 0.85  # horizontal squeeze of DejaVu Sans Bold towards Arial's proport
 X_OFFSET_RANGE = (-0.29, 0.29)  # fraction of the image size, from the centre
 Y_OFFSET_MEAN = 0.076  # fraction of the image size, +y down
 Y_OFFSET_RANGE = (-0.19, 0.19)  # fraction of the image size, around Y_OFFSET_MEAN
-SPLIT_SEED_OFFSET = {"train": 0, "test": 1}  # train and test use the seeds 2*seed and 2*seed+1
-CHUNK_IMAGES = 500  # images per task handed to a worker process
 
 # Per process: digit -> (keep, add, (dx, dy)): canvas[region] = canvas[region] * keep + add, where
 # (dx, dy) is the layer's top-left corner relative to the layout-box centre, in px.
@@ -183,14 +178,6 @@ def _generate_range(args: tuple[int, int, int, int]) -> tuple[int, np.ndarray, n
     return start, images, labels
 
 
-def default_workers() -> int:
-    """Return the number of CPU cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def generate(
     n_digits: int,
     n_images: int,
@@ -201,47 +188,15 @@ def generate(
     """Return (images uint8 [N, 32, 32], labels int64 [N, n] in drawing order)."""
     if not 1 <= n_digits <= 10:
         raise ValueError(f"n_digits={n_digits!r}: allowed are 1..10 (distinct digits)")
-    if n_images < 0:
-        raise ValueError(f"n_images={n_images!r}: must be >= 0")
-    workers = default_workers() if workers is None else workers
-    if workers < 1:
-        raise ValueError(f"workers={workers!r}: must be >= 1 (or None for all cores)")
-    images = np.empty((n_images, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
-    labels = np.empty((n_images, n_digits), np.int64)
-    chunk = max(1, min(CHUNK_IMAGES, math.ceil(n_images / (4 * workers))))
-    tasks = [(n_digits, seed, s, min(s + chunk, n_images)) for s in range(0, n_images, chunk)]
-    bar = tqdm(
-        total=n_images,
-        desc=f"digitclutter-{n_digits}",
-        unit="img",
-        disable=not progress,
-        mininterval=0.1 if sys.stderr.isatty() else 30.0,  # seconds; few lines in log files
+    return generated.generate_in_chunks(
+        _generate_range,
+        (n_digits, seed),
+        n_images,
+        (n_digits,),
+        workers,
+        f"digitclutter-{n_digits}",
+        progress,
     )
-    with bar:
-        if workers == 1 or len(tasks) <= 1:
-            results = map(_generate_range, tasks)
-            _collect(results, images, labels, bar)
-        else:
-            # spawn: safe under threads (torch, Ray) where fork can deadlock.
-            context = multiprocessing.get_context("spawn")
-            with context.Pool(min(workers, len(tasks))) as pool:
-                _collect(pool.imap_unordered(_generate_range, tasks), images, labels, bar)
-    return images, labels
-
-
-def _collect(results, images: np.ndarray, labels: np.ndarray, bar: tqdm) -> None:
-    """Copy workers' chunks into the output arrays, advancing the progress bar."""
-    for start, chunk_images, chunk_labels in results:
-        images[start : start + len(chunk_images)] = chunk_images
-        labels[start : start + len(chunk_labels)] = chunk_labels
-        bar.update(len(chunk_images))
-
-
-def split_seed(seed: int, split: str) -> int:
-    """Return the generator seed of a split: train and test never share images."""
-    if split not in SPLIT_SEED_OFFSET:
-        raise ValueError(f"split={split!r}: allowed are {sorted(SPLIT_SEED_OFFSET)}")
-    return 2 * seed + SPLIT_SEED_OFFSET[split]
 
 
 def cache_path(
@@ -250,42 +205,6 @@ def cache_path(
     """Return the cache file of a generated split, named by all its parameters."""
     name = f"digitclutter{n_digits}-{split}-{n_images}-seed{seed}-{GENERATOR_VERSION}.npz"
     return Path(root) / "digitclutter" / name
-
-
-def _read_cache(path: Path, n_digits: int, n_images: int) -> tuple[np.ndarray, np.ndarray]:
-    """Return the arrays of a cache file, or raise ValueError if it is damaged."""
-    with np.load(path, allow_pickle=False) as stored:
-        images, labels = stored["images"], stored["labels"]
-    if images.shape != (n_images, IMAGE_SIZE, IMAGE_SIZE) or images.dtype != np.uint8:
-        raise ValueError(f"images have shape {images.shape} and dtype {images.dtype}")
-    if labels.shape != (n_images, n_digits) or labels.dtype != np.int64:
-        raise ValueError(f"labels have shape {labels.shape} and dtype {labels.dtype}")
-    return images, labels
-
-
-def _try_cache(path: Path, n_digits: int, n_images: int, warn: bool):
-    """Return the cached (images, labels), or None if the file is missing or damaged."""
-    if not path.exists():
-        return None
-    try:
-        return _read_cache(path, n_digits, n_images)
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
-        if warn:
-            message = f"damaged Digitclutter cache {path} ({error}); regenerating it"
-            warnings.warn(message, stacklevel=3)
-        return None
-
-
-@contextlib.contextmanager
-def _exclusive(path: Path):
-    """Hold an exclusive lock on path + ".lock": one process generates, the others wait."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # released by the kernel if the process dies
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def load_or_generate(
@@ -301,23 +220,11 @@ def load_or_generate(
     A damaged cache file is regenerated with a warning naming it: it is derived data, so the
     generator rebuilds it exactly. Concurrent callers (trials starting together) generate once.
     """
-    path = cache_path(root, n_digits, n_images, seed, split)
-    cached = _try_cache(path, n_digits, n_images, warn=True)
-    if cached is not None:
-        return cached
-    with _exclusive(path):
-        # Another process may have written it while this one waited for the lock.
-        cached = _try_cache(path, n_digits, n_images, warn=False)
-        if cached is not None:
-            return cached
-        log.info("generating %d Digitclutter-%d %s images: %s", n_images, n_digits, split, path)
-        images, labels = generate(n_digits, n_images, split_seed(seed, split), workers)
-        # Atomic: a reader never sees a half-written file.
-        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
-            try:
-                np.savez(tmp, images=images, labels=labels)
-            except BaseException:
-                os.unlink(tmp.name)
-                raise
-        os.replace(tmp.name, path)
-    return images, labels
+    generator_seed = split_seed(seed, split)  # raises ValueError for an unknown split
+    return generated.load_or_generate(
+        cache_path(root, n_digits, n_images, seed, split),
+        n_images,
+        (n_digits,),
+        lambda: generate(n_digits, n_images, generator_seed, workers),
+        f"Digitclutter-{n_digits} {split}",
+    )

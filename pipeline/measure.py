@@ -282,6 +282,7 @@ def draw_fig2(result: Measurement) -> Figure:
     # The paper's Fig 2 is drawn by the same function; imported here, where it is drawn, so
     # measuring alone never loads matplotlib's figure code.
     from analysis import paper_figures
+
     # One network has no panel c (error against CI and DI across networks): no error column.
     curves = result.curves.assign(run_id=result.arch, emphasised=True)
     index_rows = pd.DataFrame([{"run_id": result.arch, **result.indices}])

@@ -59,49 +59,41 @@ of the pair (2j, 2j + 1), one positive and one negative in a random order, from
 workers or chunking, the first k images of a set of N are the set of k, and every even prefix is
 exactly balanced (an odd one has one more image of one class).
 
-Default sizes, DEFAULT_IMAGES (to become config keys like data.clutter_train_images): 100,000
-training and 10,000 test images per difficulty, the Digitclutter sets' sizes, so trials on either
-family see as many images per epoch. LRA's Pathfinder-32 has 200,000 per difficulty
-(160k/20k/20k); half that keeps the one-off generation under an hour on one core (whether the
-paper's ResNets learn pathfinder-14 from 100,000 images is not yet measured). 10,000 test
-images measure an error near 50 % to +-1 % (two standard errors). Speed, measured on a 2-core
-machine shared with other work: 125, 78 and 43 images/s on one worker for L = 6, 9, 14 (226, 87
-and 61 on two, the second core busy), so 100,000 pathfinder-14 images take ~40 min on one core
-and a few minutes on 16; generation happens once per data root (the cache below).
+Default sizes, vocabulary.PATHFINDER_IMAGES (data.pathfinder_train_images and
+data.pathfinder_test_images): 100,000 training and 10,000 test images per difficulty, the
+Digitclutter sets' sizes, so trials on either family see as many images per epoch. LRA's
+Pathfinder-32 has 200,000 per difficulty (160k/20k/20k); half that keeps the one-off generation
+under an hour on one core (whether the paper's ResNets learn pathfinder-14 from 100,000 images
+is not yet measured). 10,000 test images measure an error near 50 % to +-1 % (two standard
+errors). Speed, measured on a 2-core machine shared with other work: 125, 78 and 43 images/s on
+one worker for L = 6, 9, 14 (226, 87 and 61 on two, the second core busy), so 100,000
+pathfinder-14 images take ~40 min on one core and a few minutes on 16; generation happens once
+per data root (the cache below).
 
 Cache: ``<root>/pathfinder/pathfinder<L>-<split>-<N>-seed<seed>-<GENERATOR_VERSION>.npz``
 (the data root of Digitclutter's cache), with images, labels and the SHA-256 of both, written
-atomically under a file lock (concurrent trials generate once). A cache file that cannot be
-read, holds other arrays or fails its checksum is refused with CorruptDatasetError naming it:
-delete it and it is regenerated.
+atomically under a file lock (concurrent trials generate once). The rule for a damaged file is
+Digitclutter's (pipeline/generated.py, shared by both): a cache file that cannot be read, holds
+other arrays or fails its checksum is not used but regenerated, with a warning naming it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import math
-import multiprocessing
 import os
-import sys
-import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from tqdm.auto import tqdm
 
-# Shared with Digitclutter: worker count, split seeds, chunk collection, the cache's file lock.
-from pipeline.digitclutter import _collect, _exclusive, default_workers, split_seed
+from pipeline import generated
+from pipeline.generated import split_seed
 from vocabulary import IMAGE_SIZE  # px, the output side (32)
-
-log = logging.getLogger(__name__)
+from vocabulary import PATHFINDER as DATASETS  # the dataset names, "pathfinder-6", ...
+from vocabulary import PATHFINDER_LENGTHS as CONTOUR_LENGTHS  # paddles per target contour
 
 GENERATOR_VERSION = "pf1"  # bump when the images change: it is part of every cache file's name
-CONTOUR_LENGTHS = (6, 9, 14)  # paddles per target contour: the datasets pathfinder-6, -9, -14
-DATASETS = tuple(f"pathfinder-{n}" for n in CONTOUR_LENGTHS)
 NUM_CLASSES = 2  # 1: markers joined by one contour, 0: on two different contours
 SUPERSAMPLE = 8  # subpixels per output px along each axis (ink decided on a 256x256 canvas)
 CANVAS_SIZE = IMAGE_SIZE * SUPERSAMPLE  # 256 subpixels
@@ -123,10 +115,6 @@ PADDLE_TRIES = 16  # turns drawn for one paddle before the contour backtracks (o
 BACKTRACKS = 80  # paddles the two target contours may take back before the scene is redrawn
 DISTRACTOR_TRIES = 60  # starts drawn for all distractors of a scene before it is redrawn
 SCENE_TRIES = 2_000  # scenes drawn for one image before generation fails (never seen)
-CHUNK_IMAGES = 500  # images per task handed to a worker process
-# Per difficulty, see the module docstring; to become vocabulary / config values like
-# vocabulary.CLUTTER_IMAGES (data.clutter_train_images, data.clutter_test_images).
-DEFAULT_IMAGES = {"train": 100_000, "test": 10_000}
 
 _SCENE_STREAM, _LABEL_STREAM = 1, 2  # last word of the image's and the pair's rng seeds
 _HALF = PADDLE_THICKNESS / 2.0
@@ -161,7 +149,8 @@ def contours_per_image(contour_length: int) -> int:
 
 def dataset_name(contour_length: int) -> str:
     """Return the dataset name of a difficulty, e.g. "pathfinder-14"."""
-    return f"pathfinder-{contour_length}"
+    _check_length(contour_length)
+    return DATASETS[CONTOUR_LENGTHS.index(contour_length)]
 
 
 @dataclass
@@ -632,31 +621,15 @@ def generate(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return (images uint8 [N, 32, 32], labels int64 [N], 1: markers joined by one contour)."""
     _check_length(contour_length)
-    if n_images < 0:
-        raise ValueError(f"n_images={n_images!r}: must be >= 0")
-    workers = default_workers() if workers is None else workers
-    if workers < 1:
-        raise ValueError(f"workers={workers!r}: must be >= 1 (or None for all cores)")
-    images = np.empty((n_images, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
-    labels = np.empty(n_images, np.int64)
-    chunk = max(1, min(CHUNK_IMAGES, math.ceil(n_images / (4 * workers))))
-    tasks = [(contour_length, seed, s, min(s + chunk, n_images)) for s in range(0, n_images, chunk)]
-    bar = tqdm(
-        total=n_images,
-        desc=dataset_name(contour_length),
-        unit="img",
-        disable=not progress,
-        mininterval=0.1 if sys.stderr.isatty() else 30.0,  # seconds; few lines in log files
+    return generated.generate_in_chunks(
+        _generate_range,
+        (contour_length, seed),
+        n_images,
+        (),
+        workers,
+        dataset_name(contour_length),
+        progress,
     )
-    with bar:
-        if workers == 1 or len(tasks) <= 1:
-            _collect(map(_generate_range, tasks), images, labels, bar)
-        else:
-            # spawn: safe under threads (torch, Ray) where fork can deadlock.
-            context = multiprocessing.get_context("spawn")
-            with context.Pool(min(workers, len(tasks))) as pool:
-                _collect(pool.imap_unordered(_generate_range, tasks), images, labels, bar)
-    return images, labels
 
 
 def cache_path(
@@ -665,51 +638,6 @@ def cache_path(
     """Return the cache file of a generated split, named by all its parameters."""
     name = f"pathfinder{contour_length}-{split}-{n_images}-seed{seed}-{GENERATOR_VERSION}.npz"
     return Path(root) / "pathfinder" / name
-
-
-def checksum(images: np.ndarray, labels: np.ndarray) -> str:
-    """Return the SHA-256 (hex) of the arrays' dtypes, shapes and bytes."""
-    digest = hashlib.sha256()
-    for array in (images, labels):
-        array = np.ascontiguousarray(array)
-        digest.update(str((array.dtype.str, array.shape)).encode())
-        digest.update(array.data.cast("B"))
-    return digest.hexdigest()
-
-
-def _read_cache(path: Path, n_images: int) -> tuple[np.ndarray, np.ndarray]:
-    """Return the arrays of a cache file; raise CorruptDatasetError naming it if it is damaged."""
-    # Imported here: pipeline.data imports torch (and, once integrated, this module).
-    from pipeline.data import CorruptDatasetError
-
-    try:
-        with np.load(path, allow_pickle=False) as stored:
-            images, labels = stored["images"], stored["labels"]
-            stored_sum = str(stored["sha256"])
-        expected = (n_images, IMAGE_SIZE, IMAGE_SIZE)
-        if images.shape != expected or images.dtype != np.uint8:
-            raise ValueError(f"images have shape {images.shape} and dtype {images.dtype}")
-        if labels.shape != (n_images,) or labels.dtype != np.int64:
-            raise ValueError(f"labels have shape {labels.shape} and dtype {labels.dtype}")
-        if checksum(images, labels) != stored_sum:
-            raise ValueError("checksum mismatch: the arrays are not the ones written")
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
-        raise CorruptDatasetError(
-            f"damaged Pathfinder cache {path}: {error}. It is generated data: delete the file "
-            "and it is regenerated on the next load"
-        ) from error
-    return images, labels
-
-
-def _write_cache(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
-    """Write images, labels and their checksum atomically: a reader never sees half a file."""
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        try:
-            np.savez(tmp, images=images, labels=labels, sha256=np.array(checksum(images, labels)))
-        except BaseException:
-            os.unlink(tmp.name)
-            raise
-    os.replace(tmp.name, path)
 
 
 def load_or_generate(
@@ -722,21 +650,15 @@ def load_or_generate(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return (images, labels) of a split from the cache under root, generating it if missing.
 
-    A damaged cache file is refused (CorruptDatasetError naming it). Concurrent callers (trials
+    A damaged cache file is regenerated with a warning naming it. Concurrent callers (trials
     starting together) generate once.
     """
     _check_length(contour_length)
     generator_seed = split_seed(seed, split)  # raises ValueError for an unknown split
-    path = cache_path(root, contour_length, n_images, seed, split)
-    if path.exists():
-        return _read_cache(path, n_images)
-    with _exclusive(path):
-        # Another process may have written it while this one waited for the lock.
-        if path.exists():
-            return _read_cache(path, n_images)
-        log.info(
-            "generating %d %s %s images: %s", n_images, dataset_name(contour_length), split, path
-        )
-        images, labels = generate(contour_length, n_images, generator_seed, workers)
-        _write_cache(path, images, labels)
-    return images, labels
+    return generated.load_or_generate(
+        cache_path(root, contour_length, n_images, seed, split),
+        n_images,
+        (),
+        lambda: generate(contour_length, n_images, generator_seed, workers),
+        f"{dataset_name(contour_length)} {split}",
+    )

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from vocabulary import DATASETS, DIGITCLUTTER, DIGITCLUTTER_DIGITS
+from pipeline import pathfinder
+from vocabulary import DATASETS, DIGITCLUTTER, DIGITCLUTTER_DIGITS, PATHFINDER, PATHFINDER_LENGTHS
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,7 @@ class Task:
     name: str  # dataset name, e.g. "cifar10" or "digitclutter-3"
     num_classes: int  # outputs of the network
     digits_per_image: int = 0  # 0: single-label; n: an image holds n distinct digits
+    contour_length: int = 0  # Pathfinder-L: L paddles per target contour; 0: not Pathfinder
 
     @property
     def multilabel(self) -> bool:
@@ -61,6 +63,11 @@ TASKS: dict[str, Task] = {
     "cifar10": Task("cifar10", 10),
     "cifar100": Task("cifar100", 100),
     **{name: Task(name, 10, n) for name, n in zip(DIGITCLUTTER, DIGITCLUTTER_DIGITS, strict=True)},
+    # Binary: are the two markers the two ends of one contour? Chance error 1 - 1/2.
+    **{
+        name: Task(name, pathfinder.NUM_CLASSES, contour_length=n)
+        for name, n in zip(PATHFINDER, PATHFINDER_LENGTHS, strict=True)
+    },
 }
 
 

@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 
+from models.torchvision_resnet import stage_block_counts, torchvision_name
 from pipeline.provenance import dataset_input, environment_tags, git_commit
 from pipeline.run_contents import (
     CONFIG_ARTIFACT,
@@ -29,7 +30,7 @@ from pipeline.run_contents import (
     curve_metric_key,
 )
 from pipeline.trained_model import write_trained_model
-from vocabulary import variant_slug
+from vocabulary import PREACT, variant_slug
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -58,7 +59,9 @@ SYSTEM_METRICS_INTERVAL_S = 10.0
 def run_name(config: TrialConfig) -> str:
     """Return a readable run name like `cifar10-w16-rec0.9-icr-s2` (ordinary block omitted)."""
     model, coupling, data = config.model, config.coupling, config.data
-    parts = [data.dataset, f"w{model.width}"]
+    # A torchvision ResNet has its own widths: its name, not model.width, says which network.
+    network = f"w{model.width}" if model.arch == PREACT else f"tv-{torchvision_name(model.arch)}"
+    parts = [data.dataset, network]
     parts.append(variant_slug(model.recurrent_init, coupling.lam))
     if model.block != "ordinary":
         parts.append(model.block)
@@ -105,15 +108,21 @@ def describe(config: TrialConfig) -> str:
     from vocabulary import BLOCK_LABELS, dataset_label, variant_label, variation_label
 
     model, coupling, data = config.model, config.coupling, config.data
-    block = BLOCK_LABELS[model.block]
-    network = f"{block} ResNet" + (f" (mu {model.mu:g})" if model.block != "ordinary" else "")
+    if model.arch == PREACT:
+        block = BLOCK_LABELS[model.block]
+        network = f"{block} ResNet" + (f" (mu {model.mu:g})" if model.block != "ordinary" else "")
+        network += f", width {model.width}, {model.blocks_per_stage} blocks per stage"
+    else:  # torchvision fixes its widths and blocks: model.width is unused
+        name = torchvision_name(model.arch)
+        counts = ", ".join(str(n) for n in stage_block_counts(name))
+        network = f"torchvision {name} (stages of {counts} shape-preserving blocks)"
     init = "recurrent init" if model.recurrent_init else "non-recurrent init"
     images = (
         "all training images" if data.train_size is None else f"{data.train_size} training images"
     )
     variation = variation_label(model.bn_gamma_init, coupling.kernel, coupling.first_coupled)
     return (
-        f"{network}, width {model.width}, {model.blocks_per_stage} blocks per stage, {init}, "
+        f"{network}, {init}, "
         f"coupling {coupling.lam:g} ({variant_label(model.recurrent_init, coupling.lam)}), "
         f"{variation} training, on {dataset_label(data.dataset)} ({images}), seed {config.run.seed}"
     )

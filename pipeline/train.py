@@ -119,7 +119,6 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
 def load_splits(config: TrialConfig) -> tuple[Dataset, Dataset]:
     """Return the (train, test) splits of data.dataset, subsets and sizes as configured."""
     d = config.data
-    sizes = {"train": d.clutter_train_images, "test": d.clutter_test_images}
     train_set, test_set = (
         load_dataset(
             d.dataset,
@@ -128,7 +127,7 @@ def load_splits(config: TrialConfig) -> tuple[Dataset, Dataset]:
             download=d.download,
             train_size=d.train_size if split == "train" else None,
             seed=config.run.seed,
-            clutter_images=sizes[split] if config.task.multilabel else None,
+            **d.generated_sizes(split),
         )
         for split in ("train", "test")
     )

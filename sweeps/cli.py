@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import TrialConfig
+from sweeps.grid_file import GridFile, check_record, load_grid_file, recorded
 from sweeps.grids import GRIDS, trial_configs
 from sweeps.preflight import UsageError, preflight
 from sweeps.progress import print_status
@@ -70,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
         "and MLFLOW_TRACKING_PASSWORD log in to a server with basic auth: trials read them "
         "from their node's environment (a local Ray inherits the launcher's).",
     )
-    parser.add_argument("grid", help="name of the grid (listed below)")
+    parser.add_argument(
+        "grid", nargs="?", help="name of the grid (listed below); or give --grid-file instead"
+    )
     parser.add_argument(
         "overrides",
         nargs="*",
@@ -180,6 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     selection = parser.add_argument_group("selection and control")
     selection.add_argument(
+        "--grid-file",
+        default=None,
+        metavar="FILE",
+        help="a grid of your own instead of GRID: a YAML file of base values, axes and trials "
+        "(docs/grid-files.md); its name is the grid's name in STORAGE/NAME and MLflow",
+    )
+    selection.add_argument(
         "--seeds",
         type=positive_int,
         default=None,
@@ -217,7 +228,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def sweep_configs(args: argparse.Namespace) -> list[TrialConfig]:
+def chosen_grid(args: argparse.Namespace) -> GridFile | None:
+    """Return the grid of --grid-file (and set args.grid to its name), or None for a GRID.
+
+    Raise UsageError unless exactly one of GRID and --grid-file is given.
+    """
+    if args.grid is not None and "=" in args.grid:  # no GRID: the first key=value took its place
+        args.overrides.insert(0, args.grid)
+        args.grid = None
+    if args.grid_file is None:
+        if args.grid is None:
+            raise UsageError(f"no grid: give GRID (one of {', '.join(GRIDS)}) or --grid-file FILE")
+        return None
+    if args.grid is not None:
+        raise UsageError(f"GRID {args.grid!r} and --grid-file {args.grid_file}: give one of them")
+    grid = load_grid_file(args.grid_file)
+    args.grid = grid.name
+    return grid
+
+
+def sweep_configs(args: argparse.Namespace, grid: GridFile | None = None) -> list[TrialConfig]:
     """Return the trials of the command line: grid, launcher settings, overrides, limit."""
     settings: dict[str, Any] = {
         "data.root": str(Path(args.data_root).expanduser().resolve()),
@@ -225,7 +255,10 @@ def sweep_configs(args: argparse.Namespace) -> list[TrialConfig]:
     }
     if args.download:
         settings["data.download"] = True
-    configs = trial_configs(args.grid, args.seeds, settings, args.overrides)
+    if grid is None:
+        configs = trial_configs(args.grid, args.seeds, settings, args.overrides)
+    else:
+        configs = grid.configs(args.seeds, settings, args.overrides)
     return configs[: args.limit]
 
 
@@ -235,21 +268,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)  # overrides may follow options
     try:
         take_credentials(args)
-        configs = sweep_configs(args)
+        grid = chosen_grid(args)
+        configs = sweep_configs(args, grid)
         path = experiment_path(args.storage, args.grid)
         resources, calibration = preflight(args, configs, path)
         if args.dry_run:
+            if grid is not None and grid.description:
+                print(f"{args.grid_file}: {grid.description}")
             print(format_dry_run(args.grid, configs, resources, calibration))
             return 0
         if args.status:
             print_status(path)
             return 0
+        if grid is not None and args.resume:
+            check_record(grid, path)
     except (ValueError, TrackingUnreachableError, FileNotFoundError) as error:
         parser.exit(EXIT_USAGE, f"{parser.prog}: error: {error}\n")
     try:
-        return run_sweep(args, configs, path)
+        with recorded(grid, path, args.resume):
+            status = run_sweep(args, configs, path)
     except UsageError as error:  # found on the cluster, before the tracking store was made
         parser.exit(EXIT_USAGE, f"{parser.prog}: error: {error}\n")
+    if status != 0 and grid is not None:
+        # The command printed above names GRID; a grid file's sweep resumes from its file.
+        print(
+            f"this sweep's grid is a file: python sweeps/launch.py --grid-file "
+            f"{args.grid_file} --resume --storage {args.storage}",
+            file=sys.stderr,
+        )
+    return status
 
 
 def take_credentials(args: argparse.Namespace) -> None:

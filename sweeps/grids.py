@@ -1,4 +1,4 @@
-"""Named grids of trials: the paper's whole design, one sub-grid per figure, and `smoke`.
+"""Named grids of trials: the paper's whole design, one sub-grid per figure, `smoke`, and beyond.
 
 Each grid is a function `grid(seeds) -> list[TrialOverrides]` of flat override dicts
 ("model.width": 8, ...); `trial_configs` turns them into validated TrialConfigs. Run one with
@@ -19,7 +19,8 @@ from vocabulary import (
     CONVERGENT_BLOCKS,
     CONVERGENT_MU,
     COUPLINGS,
-    DATASETS,
+    PAPER_DATASETS,
+    PATHFINDER,
     WIDTHS,
     matches_level,
 )
@@ -49,6 +50,8 @@ DEFAULT_SEEDS = 3
 # Fig 2 shows six instances of one network: ordinary, non-recurrent, width 16, CIFAR-10.
 FIG2_INSTANCES = 6
 FIG2_CONDITION: TrialOverrides = {"data.dataset": "cifar10", "model.width": 16, **VARIANTS[0]}
+# Pathfinder's ICR and PCR run at the middle difficulty, as the paper's run on its main dataset.
+PATHFINDER_CONVERGENT = PATHFINDER[len(PATHFINDER) // 2]  # "pathfinder-9"
 
 GRIDS: dict[str, GridFunction] = {}
 
@@ -71,22 +74,24 @@ def _product(
     ]
 
 
-def main_trials(seeds: int = DEFAULT_SEEDS) -> list[TrialOverrides]:
-    """Return ordinary ResNets: every dataset x 5 variants x 4 widths x seeds."""
+def main_trials(
+    seeds: int = DEFAULT_SEEDS, datasets: Sequence[str] = PAPER_DATASETS
+) -> list[TrialOverrides]:
+    """Return ordinary ResNets: each dataset (default the paper's six) x 5 variants x 4 widths."""
     return [
         trial
-        for dataset in DATASETS
+        for dataset in datasets
         for trial in _product({"data.dataset": dataset}, VARIANTS, WIDTHS, seeds)
     ]
 
 
-def convergent_trials(seeds: int = DEFAULT_SEEDS) -> list[TrialOverrides]:
-    """Return ICR and PCR (μ = CONVERGENT_MU) on CIFAR-10 x 5 variants x 4 widths x seeds."""
+def convergent_trials(seeds: int = DEFAULT_SEEDS, dataset: str = "cifar10") -> list[TrialOverrides]:
+    """Return ICR and PCR (μ = CONVERGENT_MU) on one dataset (CIFAR-10) x 5 variants x 4 widths."""
     return [
         trial
         for block in CONVERGENT_BLOCKS
         for trial in _product(
-            {"data.dataset": "cifar10", "model.block": block, "model.mu": CONVERGENT_MU},
+            {"data.dataset": dataset, "model.block": block, "model.mu": CONVERGENT_MU},
             VARIANTS,
             WIDTHS,
             seeds,
@@ -190,7 +195,7 @@ def s3(seeds: int = DEFAULT_SEEDS) -> list[TrialOverrides]:
 
     `python sweeps/launch.py s3` (3 seeds; the full-size CIFAR-10 baseline is in fig3).
     """
-    others = _where(main_trials(seeds), data__dataset=DATASETS[1:])
+    others = _where(main_trials(seeds), data__dataset=PAPER_DATASETS[1:])
     return others + sample_efficiency_trials(seeds)
 
 
@@ -201,6 +206,21 @@ def s4(seeds: int = DEFAULT_SEEDS) -> list[TrialOverrides]:
     `python sweeps/launch.py s4`; their baseline is fig3's CIFAR-10 trials.
     """
     return training_variation_trials(seeds)
+
+
+@register
+def pathfinder(seeds: int = DEFAULT_SEEDS) -> list[TrialOverrides]:
+    """Beyond the paper: Fig 3's design on Pathfinder-6/9/14, ICR and PCR on Pathfinder-9.
+
+    The task the paper's Discussion names for iterative computation over long-range context
+    (docs/method.md, Pathfinder): 3 difficulties x 5 variants x 4 widths (180 trials with 3
+    seeds) + ICR and PCR (μ = CONVERGENT_MU) on pathfinder-9 (120): 300 trials, about 118
+    GPU-hours at 100 epochs of 100,000 images by the built-in guess (`--dry-run` prints it).
+    `python sweeps/launch.py pathfinder`; the sets are generated once per data root before the
+    trials start (about 40 minutes for pathfinder-14 on one core, docs/data.md). Not part of
+    paper_grid; its figure is `pathfinder`, its claims the `pathfinder-*` rows.
+    """
+    return main_trials(seeds, PATHFINDER) + convergent_trials(seeds, PATHFINDER_CONVERGENT)
 
 
 SMOKE_BASE: TrialOverrides = {

@@ -87,16 +87,16 @@ def prepare_data(configs: Sequence[TrialConfig]) -> None:
     loaded: dict[tuple, Dataset] = {}
     for config in configs:
         d = config.data
-        # Only a multi-label (Digitclutter) split is generated at a size of the config's.
-        generated = config.task.multilabel
-        for split, images in (("train", d.clutter_train_images), ("test", d.clutter_test_images)):
-            key = (d.dataset, d.root, split, images if generated else None)
+        # Only a generated (Digitclutter, Pathfinder) split has a size of the config's.
+        for split in ("train", "test"):
+            key = (d.dataset, d.root, split, d.generated_images(split))
             if key not in loaded:
                 loaded[key] = load_dataset(
-                    d.dataset, d.root, split, download=d.download, clutter_images=images
+                    d.dataset, d.root, split, download=d.download, **d.generated_sizes(split)
                 )
-        train_images = d.clutter_train_images if generated else None
-        check_training_split(config, loaded[(d.dataset, d.root, "train", train_images)])
+        check_training_split(
+            config, loaded[(d.dataset, d.root, "train", d.generated_images("train"))]
+        )
 
 
 def check_training_split(config: TrialConfig, train: Dataset) -> None:

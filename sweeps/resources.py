@@ -71,7 +71,8 @@ def train_images(config: TrialConfig) -> int:
     d = config.data
     if d.train_size is not None:
         return d.train_size
-    return TRAIN_IMAGES.get(d.dataset, d.clutter_train_images)
+    generated = d.generated_images("train")  # Digitclutter's and Pathfinder's: config values
+    return TRAIN_IMAGES[d.dataset] if generated is None else generated
 
 
 def gpu_hours(

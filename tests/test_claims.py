@@ -102,6 +102,20 @@ def test_the_opposite_trend_is_contradicted(tmp_path: Path) -> None:
     assert verdicts(table, *TRENDS) == [CONTRADICTED] * 3
 
 
+def test_torchvision_runs_count_in_no_claim(tmp_path: Path) -> None:
+    # The ordinary runs without a model.arch column (older runs) are the preact ResNet; the
+    # same runs as torchvision ResNets, with the opposite trend, must change no verdict.
+    preact = trend_rows(0.05)
+    torchvision = [
+        {**row, "run_id": f"{row['run_id']}-tv", "model.arch": "torchvision-resnet18"}
+        for row in trend_rows(-0.05)
+    ]
+    alone = claims_table(table_of(preact, tmp_path / "alone"))
+    mixed = claims_table(table_of(preact + torchvision, tmp_path / "mixed"))
+    pd.testing.assert_frame_equal(alone, mixed)
+    assert verdicts(mixed, *TRENDS) == [REPRODUCED] * 3
+
+
 def test_no_trend_is_inconclusive(tmp_path: Path) -> None:
     # Every variant holds the same three values: rank correlation 0, an interval around it.
     rows = [
@@ -237,3 +251,39 @@ def test_report_writes_the_claims_table(tmp_path: Path) -> None:
     summary = (out / "summary.md").read_text()
     assert "## The paper's claims, checked on these runs" in summary
     assert summary.index("## The paper's claims") < summary.index("## Per condition")
+
+
+PATHFINDER_TRENDS = (
+    "pathfinder-hypothesis-error",
+    "pathfinder-finding-error",
+    "pathfinder-ci",
+    "pathfinder-di",
+)
+
+
+def test_pathfinder_states_the_papers_finding_and_its_hypothesis(tmp_path: Path) -> None:
+    # Error falls with coupling on Pathfinder: the hypothesis holds, the paper's finding not.
+    falling = [
+        {**row, "run_id": f"{row['run_id']}-pf", "data.dataset": "pathfinder-9"}
+        for row in trend_rows(-0.05)
+    ]
+    table = claims_table(table_of(falling + trend_rows(0.05), tmp_path))
+    # ... and the CI falls, the DI rises (trend_rows moves them with the error): Fig 3a's
+    # trend is contradicted there.
+    assert verdicts(table, *PATHFINDER_TRENDS) == [REPRODUCED] + [CONTRADICTED] * 3
+    pathfinder = table[table["claim"].str.startswith("pathfinder-")]
+    assert set(pathfinder["dataset"]) == {"pathfinder-9"} and set(pathfinder["n"]) == {15, 12}
+    hypothesis = table[table["claim"] == "pathfinder-hypothesis-error"].iloc[0]
+    assert hypothesis["threshold"] == "interval < 0" and "Pathfinder or cABC" in hypothesis["quote"]
+    # The paper's claims stay on the paper's datasets, where the error rises.
+    paper = table[~table["claim"].str.startswith("pathfinder-")]
+    assert set(paper["dataset"]) == {"cifar10"}
+    assert verdicts(table, *TRENDS) == [REPRODUCED] * 3
+
+
+def test_without_pathfinder_runs_its_claims_are_not_checked(tmp_path: Path) -> None:
+    table = claims_table(table_of(trend_rows(0.05), tmp_path))
+    assert not table["claim"].str.startswith("pathfinder-").any()
+    text = claims_markdown(table)
+    unchecked = next(line for line in text.splitlines() if line.startswith("Not checked"))
+    assert all(key in unchecked for key in PATHFINDER_TRENDS)

@@ -47,6 +47,8 @@ CONTRACT_DEFAULTS = {
     "data.index_examples": None,
     "data.clutter_train_images": 100_000,
     "data.clutter_test_images": 10_000,
+    "data.pathfinder_train_images": 100_000,
+    "data.pathfinder_test_images": 10_000,
     "run.seed": 0,
     "run.device": "auto",
     "run.extra_evaluations": 16,
@@ -79,6 +81,8 @@ CUSTOM = {
     "data.index_examples": 500,
     "data.clutter_train_images": 2000,
     "data.clutter_test_images": 300,
+    "data.pathfinder_train_images": 4000,
+    "data.pathfinder_test_images": 1000,
     "run.seed": 7,
     "run.device": "cpu",
     "run.extra_evaluations": 4,
@@ -203,6 +207,8 @@ def test_override_type_errors_name_key_value_and_type(override: str, message: st
         ({"data.train_size": 0}, r"data\.train_size=0: must be an integer >= 1"),
         ({"data.index_examples": -5}, r"data\.index_examples=-5: must be an integer >= 1"),
         ({"data.clutter_test_images": 0}, r"data\.clutter_test_images=0: must be an integer"),
+        ({"data.pathfinder_test_images": 0}, r"data\.pathfinder_test_images=0: must be an int"),
+        ({"data.pathfinder_train_images": 999}, r"images=999: must be even \(balanced classes"),
         ({"run.seed": -1}, r"run\.seed=-1: allowed are 0\.\.4294967295"),
         ({"run.seed": 2**32}, r"run\.seed=4294967296: allowed are 0\.\.4294967295"),
         ({"run.device": "tpu"}, r"run\.device='tpu': allowed are \('auto', 'cpu', 'cuda'\)"),
@@ -213,6 +219,25 @@ def test_override_type_errors_name_key_value_and_type(override: str, message: st
 def test_bad_values_name_key_value_and_what_is_allowed(updates: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         TrialConfig().with_updates(updates)
+
+
+def test_generated_sizes_are_the_keys_of_the_datasets_family() -> None:
+    sizes = {
+        "data.clutter_train_images": 3000,
+        "data.clutter_test_images": 500,
+        "data.pathfinder_train_images": 4000,
+        "data.pathfinder_test_images": 1000,
+    }
+    for dataset, train, test in (
+        ("digitclutter-4", 3000, 500),
+        ("pathfinder-14", 4000, 1000),
+        ("cifar10", None, None),
+    ):
+        data = TrialConfig.from_dict({**sizes, "data.dataset": dataset}).data
+        assert (data.generated_images("train"), data.generated_images("test")) == (train, test)
+        assert data.generated_sizes("test") == {"clutter_images": 500, "pathfinder_images": 1000}
+    pathfinder = TrialConfig.from_dict({"data.dataset": "pathfinder-6"})
+    assert pathfinder.task.chance_error == 0.5 and pathfinder.task.num_classes == 2
 
 
 def test_unknown_keys_are_errors_listing_the_known_keys() -> None:

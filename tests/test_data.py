@@ -12,6 +12,7 @@ import torch
 from pipeline import data
 from pipeline.data import (
     DIGITCLUTTER_STATS,
+    PATHFINDER_STATS,
     CorruptDatasetError,
     DatasetNotFoundError,
     DeviceLoader,
@@ -149,6 +150,44 @@ def test_digitclutter_stats_match_fresh_images(n_digits):
     pixels = images.astype(np.float64) / 255
     (mean,), (std,) = DIGITCLUTTER_STATS[n_digits]
     assert abs(pixels.mean() - mean) < 0.01 and abs(pixels.std() - std) < 0.01
+
+
+def test_pathfinder_is_read_from_its_cache_with_class_index_targets(tmp_path, monkeypatch):
+    from pipeline import pathfinder
+
+    dataset = load_dataset("pathfinder-9", tmp_path, "train", pathfinder_images=20)
+    assert dataset.images.shape == (20, 1, 32, 32) and dataset.images.dtype == torch.uint8
+    assert dataset.targets.shape == (20,) and dataset.targets.dtype == torch.int64
+    assert dataset.targets.sum() == 10  # an even set is balanced
+    assert dataset.task == task_for("pathfinder-9") and dataset.task.num_classes == 2
+    assert dataset.task.chance_error == 0.5 and not dataset.task.multilabel
+    assert (dataset.mean, dataset.std) == PATHFINDER_STATS[9] and dataset.channels == 1
+    path = pathfinder.cache_path(tmp_path, 9, 20, data.GENERATED_SEED, "train")
+    assert path.exists()
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("regenerated although the cache file is there")
+
+    monkeypatch.setattr(pathfinder, "generate", no_generation)
+    again = load_dataset("pathfinder-9", tmp_path, "train", pathfinder_images=20)
+    assert torch.equal(again.images, dataset.images) and torch.equal(again.targets, dataset.targets)
+    images, labels = pathfinder.load_or_generate(tmp_path, 9, 20, data.GENERATED_SEED, "train")
+    assert torch.equal(dataset.images[:, 0], torch.from_numpy(images))
+    assert torch.equal(dataset.targets, torch.from_numpy(labels))
+    # Never augmented: the marker-to-contour geometry is the label.
+    assert not DeviceLoader(dataset, 4, "cpu", train=True).augment
+    with pytest.raises(ValueError, match="pathfinder_images=0"):
+        load_dataset("pathfinder-9", tmp_path, "test", pathfinder_images=0)
+
+
+@pytest.mark.parametrize("contour_length", sorted(PATHFINDER_STATS))
+def test_pathfinder_stats_match_fresh_images(contour_length):
+    from pipeline import pathfinder
+
+    images, _ = pathfinder.generate(contour_length, 200, seed=123, workers=1, progress=False)
+    pixels = images.astype(np.float64) / 255
+    (mean,), (std,) = PATHFINDER_STATS[contour_length]
+    assert abs(pixels.mean() - mean) < 0.005 and abs(pixels.std() - std) < 0.01
 
 
 def batches(loader):

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 
 from analysis import panels
 from analysis import paper_figures as pf
+from analysis.conditions import with_conditions
 from analysis.report import load_results, summary_markdown, write_summary
 from analysis.runs_to_tables import aggregate_to
 from analysis.toy import ToyConfig
@@ -274,6 +275,24 @@ def test_absent_paper_dataset_falls_back_to_the_datasets_present(tables) -> None
     assert "Fig 2  ordinary ResNet, non-recurrent, Digitclutter-3, width 4" in texts(fig2)
 
 
+def test_a_torchvision_run_counts_in_no_paper_figure(results: Path, tables) -> None:
+    runs, curves = tables
+    raw = pd.read_parquet(results / "runs.parquet")
+    # Each run again as a torchvision ResNet-18, of width 16 (unused): Fig 2's preferred width.
+    tv = raw.assign(run_id=raw["run_id"] + "-tv", **{"model.arch": "torchvision-resnet18"})
+    tv["model.width"] = 16
+    older = raw.drop(columns="model.arch")  # runs logged before model.arch: the preact ResNet
+    mixed = with_conditions(pd.concat([older, tv], ignore_index=True))
+    assert set(mixed["arch"]) == {"preact", "torchvision-resnet18"}
+    assert set(mixed.loc[mixed["arch"] != "preact", "block"]) == {"torchvision-resnet18"}
+    both = pd.concat([curves, curves.assign(run_id=curves["run_id"] + "-tv")])
+    for name in ("fig2", "fig3", "fig4", "s3"):
+        alone, with_tv = pf.FIGURES[name](runs, curves), pf.FIGURES[name](mixed, both)
+        assert alone.data.keys() == with_tv.data.keys(), name
+        for key, frame in alone.data.items():
+            pd.testing.assert_frame_equal(frame, with_tv.data[key], obj=f"{name} {key}")
+
+
 def test_fig1_draws_the_toy_trajectories() -> None:
     config = ToyConfig(steps=150)
     fig = pf.fig1(config)
@@ -326,3 +345,88 @@ def test_script_draws_from_the_repo_root(results: Path, tmp_path: Path) -> None:
         [*command, "--only", "fig9"], cwd=REPO, capture_output=True, text=True, timeout=300
     )
     assert bad.returncode == 2 and "fig9" in bad.stderr
+
+
+# (recurrent_init, lam) of the five variants, in the paper's order
+VARIANTS = ((False, 0.0), (True, 0.0), (True, 0.5), (True, 0.9), (True, 1.0))
+
+
+def pathfinder_runs() -> pd.DataFrame:
+    """Synthetic runs: ordinary ResNets on Pathfinder-6 and -9, ICRs on -9, one CIFAR-10 run."""
+    rows = []
+
+    def add(dataset: str, width: int, variant: int, seed: int, block: str = "ordinary") -> None:
+        recurrent, lam = VARIANTS[variant]
+        rows.append(
+            {
+                "run_id": f"{dataset}-{block}-{width}-{variant}-{seed}",
+                "data.dataset": dataset,
+                "model.width": width,
+                "model.block": block,
+                "model.recurrent_init": recurrent,
+                "coupling.lam": lam,
+                "run.seed": seed,
+                "final_test_error": 0.45 - 0.02 * variant + 0.01 * seed,
+                "ci": 0.5 + 0.05 * variant,
+                "ri": 0.9,
+                "di": 0.4 - 0.05 * variant,
+            }
+        )
+
+    for dataset in ("pathfinder-6", "pathfinder-9"):
+        for width in (8, 16):
+            for variant in range(5):
+                for seed in (0, 1):
+                    add(dataset, width, variant, seed)
+    for variant in (0, 4):
+        add("pathfinder-9", 8, variant, 0, block="icr")
+    add("cifar10", 8, 0, 0)
+    return with_conditions(pd.DataFrame(rows))
+
+
+def test_pathfinder_figure_draws_fig3s_panels_per_difficulty() -> None:
+    runs = pathfinder_runs()
+    fig = pf.pathfinder(runs)
+    per_difficulty = [
+        f"{d} {panel}"
+        for d in ("pathfinder-6", "pathfinder-9")
+        for panel in ("error", "ci", "di", "error against ci")
+    ]
+    assert list(fig.data) == [*per_difficulty, "pathfinder-9 ICR error", "pathfinder-9 ICR di"]
+    ordinary = main_design(runs)
+    for dataset in ("pathfinder-6", "pathfinder-9"):
+        mine = ordinary[ordinary["dataset"] == dataset]
+        for column in ("error", "ci", "di"):
+            assert drawn(fig.data[f"{dataset} {column}"]) == expected(mine, column)
+        means = mine.groupby(["width", "variant"])[["ci", "error"]].mean()
+        got = fig.data[f"{dataset} error against ci"].set_index(["width", "variant"])
+        pd.testing.assert_frame_equal(got.sort_index(), means.sort_index())
+    icr = fig.data["pathfinder-9 ICR error"]
+    assert drawn(icr) == expected(main_design(runs, "ICR"), "error")
+    # the dashed reference: the ordinary ResNets of Pathfinder-9 at the ICRs' width and variants
+    reference = ordinary[(ordinary["dataset"] == "pathfinder-9") & (ordinary["width"] == 8)]
+    reference = reference[reference["variant"].isin(["non-rec.", "rec. 1"])]
+    assert drawn(icr, "reference") == expected(reference, "error")
+    note = texts(fig)
+    assert "missing: ordinary ResNets on Pathfinder-14" in note
+    assert "missing: PCR runs on Pathfinder-9" in note
+    assert "missing: width 32, 64" in note
+    assert "cifar10-ordinary-8-0-0" not in set(pd.concat(fig.data.values())["run_id"])
+    chance = {
+        tuple(line.get_ydata()) for line in fig.axes[0].lines if line.get_label() == "_chance"
+    }
+    assert chance == {(0.5, 0.5)}
+
+
+def test_paper_figures_ignore_pathfinder_runs(tmp_path: Path) -> None:
+    runs = pathfinder_runs()
+    messages: list[str] = []
+    made = pf.draw_all(runs, None, tmp_path, ["fig3", "pathfinder"], report=messages.append)
+    assert list(made) == ["fig3", "pathfinder"]
+    assert set(made["fig3"].data["b error cifar10"]["run_id"]) == {"cifar10-ordinary-8-0-0"}
+    assert (tmp_path / "pathfinder.png").stat().st_size > 0
+    only_pathfinder = runs[runs["dataset"] != "cifar10"]
+    made = pf.draw_all(only_pathfinder, None, tmp_path, ["fig3"], report=messages.append)
+    assert not made and messages[-1] == "skipped fig3: no runs on the paper's datasets"
+    with pytest.raises(pf.NothingToDrawError, match="no Pathfinder runs"):
+        pf.pathfinder(runs[runs["dataset"] == "cifar10"])

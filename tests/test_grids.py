@@ -75,7 +75,10 @@ def test_seeds_scale_the_paper_grid(seeds: int) -> None:
     assert len(grid_trials("paper_grid", seeds)) == 304 * seeds + max(0, 6 - seeds)
 
 
-@pytest.mark.parametrize("name", [n for n in GRIDS if n not in ("paper_grid", "smoke")])
+# pathfinder goes beyond the paper: its own test below.
+@pytest.mark.parametrize(
+    "name", [n for n in GRIDS if n not in ("paper_grid", "smoke", "pathfinder")]
+)
 def test_figure_grids_are_distinct_subsets_of_the_paper_grid(name: str) -> None:
     paper = {frozen(t) for t in grid_trials("paper_grid")}
     trials = [frozen(t) for t in grid_trials(name)]
@@ -117,6 +120,47 @@ def test_smoke_gives_every_figure_and_claim_something_to_judge() -> None:
         ("ordinary", False, 0)
     ]
     assert len(trial_configs("smoke", seeds=3)) == 28
+
+
+def test_pathfinder_grid_is_fig3s_design_on_three_difficulties_beyond_the_paper() -> None:
+    configs = trial_configs("pathfinder")
+    assert len(configs) == 300 and len({frozen(c.to_flat_dict()) for c in configs}) == 300
+    ordinary = [c for c in configs if c.model.block == "ordinary"]
+    assert len(ordinary) == 3 * 5 * 4 * 3
+    assert {c.data.dataset for c in ordinary} == {"pathfinder-6", "pathfinder-9", "pathfinder-14"}
+    convergent = [c for c in configs if c.model.block != "ordinary"]
+    assert len(convergent) == 2 * 5 * 4 * 3  # ICR and PCR at the middle difficulty only
+    assert {(c.data.dataset, c.model.block, c.model.mu) for c in convergent} == {
+        ("pathfinder-9", "icr", 0.95),
+        ("pathfinder-9", "pcr", 0.95),
+    }
+    assert {(c.model.recurrent_init, c.coupling.lam) for c in configs} == {
+        (False, 0.0),
+        (True, 0.0),
+        (True, 0.5),
+        (True, 0.9),
+        (True, 1.0),
+    }
+    assert {c.model.width for c in configs} == {8, 16, 32, 64}
+    assert {c.run.seed for c in configs} == {0, 1, 2}
+    assert {c.data.pathfinder_train_images for c in configs} == {100_000}
+    # Not part of the paper's design.
+    paper = {frozen(t) for t in grid_trials("paper_grid")}
+    assert not paper & {frozen(t) for t in grid_trials("pathfinder")}
+    assert len(grid_trials("pathfinder", seeds=1)) == 100
+
+
+def test_pathfinder_cost_follows_its_configured_training_size() -> None:
+    resources = Resources(use_gpus=True)
+    full = TrialConfig.from_dict({"data.dataset": "pathfinder-14", "model.width": 8})
+    fifth = full.with_updates({"data.pathfinder_train_images": 20_000})
+    assert gpu_hours(fifth, resources) == pytest.approx(gpu_hours(full, resources) / 5)
+    # The Digitclutter key does not price a Pathfinder trial.
+    assert gpu_hours(full.with_updates({"data.clutter_train_images": 1_000}), resources) == (
+        pytest.approx(gpu_hours(full, resources))
+    )
+    report = format_dry_run("pathfinder", trial_configs("pathfinder"), resources)
+    assert "grid pathfinder: 300 trials" in report and "pathfinder-14" in report
 
 
 def test_overrides_apply_to_every_trial_and_are_checked() -> None:

@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 
 from models.torchvision_resnet import TorchvisionResNet
-from pipeline.measure import EXIT_USAGE, main
-from vocabulary import CURVE_COLUMNS, INDEX_NAMES
+from pipeline.measure import EXIT_USAGE, Measurement, draw_fig2, main
+from pipeline.tasks import Task
+from vocabulary import CURVE_COLUMNS, CURVES, INDEX_NAMES
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CLASSES = 3
@@ -125,3 +126,29 @@ def test_a_bad_arch_exits_2_with_one_line(tmp_path, capsys):
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert "argument --arch: invalid choice: 'resnet19'" in error
     assert "wide_resnet50_2" in error  # the allowed names
+
+
+def test_fig2_is_the_paper_s_drawing_with_a_row_per_stage() -> None:
+    # Four stages (torchvision's layers); one network: panels a and b, no c.
+    curves = pd.DataFrame(
+        [(stage, curve, step, 0.2 + 0.1 * step) for stage in range(1, 5) for curve in CURVES
+         for step in range(3)],
+        columns=list(CURVE_COLUMNS),
+    )  # fmt: skip
+    indices = {f"{i}_stage{s}": 0.5 for i in INDEX_NAMES for s in range(1, 5)}
+    indices |= {"ci": 0.5, "ri": 0.5, "di": float("nan")}
+    stages = [
+        {"stage": s, "layer": f"layer{s}", "transition": s > 1, "blocks": 2} for s in range(1, 5)
+    ]
+    result = Measurement("resnet18", "test", Task("test", 10), 8, curves, indices, stages, 0.1)
+    fig = draw_fig2(result)
+    assert sorted(k for k in fig.data if k.startswith("a ")) == sorted(
+        f"a {curve} stage{s}" for curve in CURVES for s in range(1, 5)
+    )
+    assert fig.data["a extra stage4"]["error"].tolist() == pytest.approx([0.2, 0.3, 0.4])
+    assert set(fig.data["b ci"]["position"]) == {"stage 1", "stage 2", "stage 3", "stage 4", "mean"}
+    assert fig.data["b di"]["position"].tolist() == ["stage 1", "stage 2", "stage 3", "stage 4"]
+    assert not any(k.startswith("c ") for k in fig.data)
+    assert "undefined (error at chance): di" in [
+        t.get_text() for sub in fig.subfigs for t in sub.texts
+    ]

@@ -53,6 +53,19 @@ def test_description_says_the_condition_in_words(sweep_data_root: Path) -> None:
     for words in ("ICR ResNet (mu 0.95)", "width 4", "recurrent init", "coupling 0.9"):
         assert words in text
     assert "Digitclutter-3" in text and "seed 0" in text
+    # A torchvision ResNet: its name and stages, not the unused width and blocks.
+    torchvision = describe(
+        config.with_updates(
+            {
+                "model.arch": "torchvision-resnet18",
+                "model.block": "ordinary",
+                "model.width": 16,
+                "model.blocks_per_stage": 16,
+            }
+        )
+    )
+    assert torchvision.startswith("torchvision resnet18 (stages of 2, 1, 1, 1 shape-preserving")
+    assert "width" not in torchvision and "coupling 0.9" in torchvision
 
 
 def test_a_trial_run_fills_the_ui_fields(

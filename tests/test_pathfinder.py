@@ -9,7 +9,6 @@ import pytest
 from scipy import ndimage
 
 from pipeline import pathfinder as pf
-from pipeline.data import CorruptDatasetError
 
 EIGHT_CONNECTED = np.ones((3, 3), bool)
 
@@ -194,24 +193,28 @@ def test_cache_is_read_back_not_regenerated(tmp_path, monkeypatch):
     )
 
 
-def test_damaged_cache_is_refused_with_an_error_naming_it(tmp_path):
-    pf.load_or_generate(tmp_path, 6, 6, seed=0, split="train", workers=1)
+def test_damaged_cache_is_regenerated_with_a_warning_naming_it(tmp_path):
+    # Digitclutter's rule (pipeline/generated.py): a damaged file is not used but regenerated.
+    images, labels = pf.load_or_generate(tmp_path, 6, 6, seed=0, split="train", workers=1)
     path = pf.cache_path(tmp_path, 6, 6, seed=0, split="train")
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])  # truncated
-    with pytest.raises(CorruptDatasetError, match=str(path)):
-        pf.load_or_generate(tmp_path, 6, 6, seed=0, split="train", workers=1)
-    assert path.read_bytes() == data[: len(data) // 2]  # refused, not overwritten
+    with pytest.warns(UserWarning, match=str(path)):
+        again, _ = pf.load_or_generate(tmp_path, 6, 6, seed=0, split="train", workers=1)
+    assert again.tobytes() == images.tobytes()
+    assert path.read_bytes() == data  # rewritten as generated
 
     # A readable file whose arrays are not the ones written: the checksum tells.
-    images, labels = pf.generate(6, 6, seed=pf.split_seed(0, "train"), workers=1, progress=False)
-    images[0, 5, 5] ^= 1
-    np.savez(path, images=images, labels=labels, sha256=np.array("0" * 64))
-    with pytest.raises(CorruptDatasetError, match="checksum") as refused:
-        pf.load_or_generate(tmp_path, 6, 6, seed=0, split="train", workers=1)
-    assert str(path) in str(refused.value)
+    changed = images.copy()
+    changed[0, 5, 5] ^= 1
+    np.savez(path, images=changed, labels=labels, sha256=np.array("0" * 64))
+    with pytest.warns(UserWarning, match="checksum") as warned:
+        again, _ = pf.load_or_generate(tmp_path, 6, 6, seed=0, split="train", workers=1)
+    assert str(path) in str(warned[0].message)
+    assert again.tobytes() == images.tobytes() and path.read_bytes() == data
     # Wrong shape (a file of another size under this name).
     np.savez(path, images=images[:3], labels=labels[:3], sha256=np.array("0" * 64))
-    with pytest.raises(CorruptDatasetError, match="shape"):
-        pf.load_or_generate(tmp_path, 6, 6, seed=0, split="train", workers=1)
+    with pytest.warns(UserWarning, match="shape"):
+        again, _ = pf.load_or_generate(tmp_path, 6, 6, seed=0, split="train", workers=1)
+    assert again.tobytes() == images.tobytes() and path.read_bytes() == data
     assert not any(name.endswith(".tmp") for name in os.listdir(path.parent))

@@ -40,6 +40,11 @@ INDEX_KEYS = ["ci", "ri", "di"] + [f"{i}_stage{s}" for i in ("ci", "ri", "di") f
           "model.block": "pcr"}, "cifar10-w16-rec0.5-pcr-tri-s0"),
         ({"model.recurrent_init": True, "coupling.lam": 0.5, "coupling.first_coupled": 5},
          "cifar10-w16-rec0.5-fc5-s0"),
+        # A torchvision ResNet is named by its arch: its model.width is unused.
+        ({"model.arch": "torchvision-resnet18"}, "cifar10-tv-resnet18-nonrec-s0"),
+        ({"model.arch": "torchvision-resnet50", "model.recurrent_init": True,
+          "coupling.lam": 0.9, "data.dataset": "mnist", "run.seed": 1},
+         "mnist-tv-resnet50-rec0.9-s1"),
     ],
 )  # fmt: skip
 def test_run_name(updates: dict, name: str) -> None:
