@@ -25,7 +25,14 @@ import pyarrow.fs
 import yaml
 
 from pipeline.config import TrialConfig
-from sweeps.grids import DEFAULT_SEEDS, GRIDS, VARIANTS, TrialOverrides, trial_configs
+from sweeps.grids import (
+    DEFAULT_SEEDS,
+    GRIDS,
+    VARIANTS,
+    TrialOverrides,
+    check_seeds,
+    validated_configs,
+)
 from sweeps.preflight import UsageError
 
 FIELDS = ("name", "description", "base", "axes", "variants", "seeds", "trials")
@@ -78,13 +85,8 @@ class GridFile:
         self, seeds: int | None, settings: Mapping[str, Any], overrides: Sequence[str]
     ) -> list[TrialConfig]:
         """Return the validated configs of the sweep, as `trial_configs` returns a built-in's."""
-        # trial_configs takes a registered name: registering the file's grid for the call gives
-        # its trials exactly a built-in grid's merging, checks and messages.
-        GRIDS[self.name] = self.trials
-        try:
-            return trial_configs(self.name, seeds, settings, overrides)
-        finally:
-            del GRIDS[self.name]
+        check_seeds(seeds)  # a built-in grid's merging, checks and messages
+        return validated_configs(self.trials(seeds), settings, overrides)
 
     def digest(self) -> str:
         """Return the SHA-256 of the name, conditions and seeds: what a resume must find again."""

@@ -270,9 +270,14 @@ def grid_trials(name: str, seeds: int | None = None) -> list[TrialOverrides]:
     """Return the flat dicts of a registered grid, or raise ValueError listing the grids."""
     if name not in GRIDS:
         raise ValueError(f"unknown grid {name!r}: known grids are {', '.join(GRIDS)}")
+    check_seeds(seeds)
+    return GRIDS[name]() if seeds is None else GRIDS[name](seeds)
+
+
+def check_seeds(seeds: int | None) -> None:
+    """Raise ValueError unless `seeds` is None (the grid's default) or at least 1."""
     if seeds is not None and seeds < 1:
         raise ValueError(f"seeds={seeds!r}: must be an integer >= 1")
-    return GRIDS[name]() if seeds is None else GRIDS[name](seeds)
 
 
 def trial_configs(
@@ -287,8 +292,17 @@ def trial_configs(
     the user's "section.field=value" strings. Raise ValueError if any config is invalid or if
     the overrides make two trials identical.
     """
+    return validated_configs(grid_trials(name, seeds), settings, overrides)
+
+
+def validated_configs(
+    trials: Sequence[TrialOverrides],
+    settings: Mapping[str, Any] | None = None,
+    overrides: Sequence[str] = (),
+) -> list[TrialConfig]:
+    """Return the configs of any grid's flat dicts (built-in or a grid file), as trial_configs."""
     updates = {**(settings or {}), **parse_overrides(overrides)}
-    configs = [TrialConfig.from_dict({**trial, **updates}) for trial in grid_trials(name, seeds)]
+    configs = [TrialConfig.from_dict({**trial, **updates}) for trial in trials]
     check_unique(configs)
     return configs
 
